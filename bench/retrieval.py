@@ -40,15 +40,19 @@ class TrainView:
 
     ``stickers``: sticker_id, image, text columns (and ``embedding`` when the dataset has one).
     ``clicks``: user_id, query, sticker_id, ts — train clicks (train + validation for the final
-    test run). ``features`` gives cached offline features (OCR text, image embeddings,
-    descriptions); ``root`` is the dataset directory (image paths are relative to it).
+    test run). Offline features are already attached: OCR text, VLM ``description`` and
+    ``keywords`` as sticker columns, image embeddings as ``embeddings`` (float32, one row per
+    sticker, in ``stickers`` order; None when no encoder ran). ``root`` is the dataset directory
+    (image paths are relative to it); ``cache`` the feature cache, for retrievers that cache
+    their own work (dense-text embeddings).
     """
 
     stickers: "pd.DataFrame"
     clicks: "pd.DataFrame"
     meta: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
-    features: Any = None
+    embeddings: Any = None
+    cache: Any = None
     seed: int = 0
 
     @property

@@ -1,0 +1,117 @@
+"""The offline feature cache (DESIGN §9).
+
+An entry is keyed by (dataset fingerprint, extractor, its parameters, model id/revision). Values are
+per-sticker rows stored as parquet *parts* written atomically (temp file + rename), so an
+interrupted extraction (even ``kill -9``) leaves only whole parts behind and a re-run computes just
+the stickers no part holds yet. A re-run with every item present does no work.
+
+Default location: ``$PERSRV_BENCH_CACHE`` or the user's cache dir (``platformdirs``) + ``/features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+CACHE_ENV = "PERSRV_BENCH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("persrv-bench")) / "features"
+
+
+def _stable_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+
+
+class FeatureCache:
+    """Per-sticker feature tables on disk, keyed by what produced them."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def key(self, *, dataset_fingerprint: str, extractor: str, params: dict[str, Any] | None = None,
+            model: str | None = None) -> str:
+        """A readable, collision-safe key: ``<extractor>-<sha256 of everything>[:16]``."""
+        blob = _stable_json({"dataset": dataset_fingerprint, "extractor": extractor,
+                             "params": params or {}, "model": model})
+        return f"{extractor}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key
+
+    def _parts(self, key: str) -> list[Path]:
+        d = self.entry_dir(key)
+        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def load(self, key: str) -> pd.DataFrame | None:
+        """Every cached row of an entry (column ``sticker_id`` + values), or None if empty."""
+        parts = self._parts(key)
+        if not parts:
+            return None
+        frames = [pd.read_parquet(p) for p in parts]
+        df = pd.concat(frames, ignore_index=True)
+        return df.drop_duplicates("sticker_id", keep="last").reset_index(drop=True)
+
+    def write_part(self, key: str, rows: pd.DataFrame, meta: dict[str, Any] | None = None) -> Path:
+        """Atomically add a part (rows with a ``sticker_id`` column) to an entry."""
+        d = self.entry_dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        if meta is not None and not (d / "meta.json").exists():
+            fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=d)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(_stable_json(meta))
+            os.replace(tmp, d / "meta.json")
+        existing = self._parts(key)
+        n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".parquet", dir=d)
+        os.close(fd)
+        try:
+            rows.to_parquet(tmp, index=False)
+            target = d / f"part-{n:06d}-{os.getpid()}.parquet"
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def compute(self, key: str, sticker_ids: Sequence[str],
+                fn: Callable[[list[str]], pd.DataFrame], *, chunk_size: int = 256,
+                meta: dict[str, Any] | None = None, progress: str | None = None) -> pd.DataFrame:
+        """Return rows for ``sticker_ids``, computing (in chunks, each saved) only the missing ones.
+
+        ``fn(ids)`` returns a frame with one row per id (column ``sticker_id`` first). The result
+        is in the order of ``sticker_ids``.
+        """
+        have = self.load(key)
+        done = set(have["sticker_id"]) if have is not None else set()
+        todo = [s for s in dict.fromkeys(sticker_ids) if s not in done]
+        if todo:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(todo), desc=progress or key, unit="sticker",
+                       disable=progress is None or os.environ.get("PERSRV_BENCH_QUIET") == "1")
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start:start + chunk_size]
+                rows = fn(chunk)
+                if "sticker_id" not in rows.columns or len(rows) != len(chunk):
+                    raise RuntimeError(f"feature extractor for {key} returned {len(rows)} rows "
+                                       f"for {len(chunk)} stickers")
+                self.write_part(key, rows, meta=meta)
+                bar.update(len(chunk))
+            bar.close()
+            have = self.load(key)
+        assert have is not None or not sticker_ids
+        if have is None:
+            return pd.DataFrame({"sticker_id": []})
+        indexed = have.set_index("sticker_id")
+        return indexed.reindex(list(sticker_ids)).reset_index()

@@ -1,0 +1,213 @@
+"""The ``persrv-bench`` command line (also ``python -m bench``).
+
+Only click is imported at start-up; every command imports what it needs when it runs, so
+``persrv-bench --help`` stays fast. Errors meant for people (:class:`BenchError`) print as one line
+and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from bench import __version__
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands live in other modules and load on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+            module, attr = self.lazy[name].split(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:  # a missing dependency is a real error
+                    raise
+                return None
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             lazy={
+                 "evaluate": "bench.commands.evaluate_cmd:evaluate",
+                 "train-vlm": "bench.commands.vlm_cmds:train_vlm",
+                 "describe": "bench.commands.vlm_cmds:describe",
+                 "sweep": "bench.commands.sweep_cmd:sweep",
+                 "perf": "bench.commands.perf_cmd:perf",
+                 "report": "bench.commands.report_cmd:report",
+             })
+@click.version_option(__version__, prog_name="persrv-bench")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """persrv-bench: benchmark harness for personalized sticker retrieval (PerSRV)."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "jieba", "numba", "matplotlib", "PIL",
+                  "sentence_transformers", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    if quiet:
+        os.environ["PERSRV_BENCH_QUIET"] = "1"
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+@cli.group()
+def datasets() -> None:
+    """Build, list and describe canonical sticker datasets."""
+
+
+@datasets.command("list")
+def datasets_list() -> None:
+    """List the dataset builders."""
+    from bench.data.builders import list_builders
+    for name, description in list_builders().items():
+        click.echo(f"{name:<18} {description}")
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    from bench.errors import ConfigError
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--param {pair!r} is not of the form key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+@datasets.command("build")
+@click.argument("name")
+@click.option("--source", type=click.Path(), default=None, help="Input file or folder.")
+@click.option("--out", "out", type=click.Path(), required=True, help="Dataset directory to write.")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="Builder parameter.")
+def datasets_build(name: str, source: str | None, out: str, params: tuple[str, ...]) -> None:
+    """Build dataset NAME (see `datasets list`) into OUT."""
+    import time
+
+    from bench.data.builders import build_dataset
+    from bench.data.format import describe
+    t0 = time.perf_counter()
+    ds = build_dataset(name, source, out, _parse_params(params))
+    stats = describe(ds)
+    click.echo(f"built {ds.name} in {time.perf_counter() - t0:.1f}s -> {out}")
+    click.echo(f"  {stats['stickers']} stickers, {stats['users']} users, {stats['clicks']} clicks, "
+               f"fingerprint {stats['fingerprint']}")
+
+
+@datasets.command("describe")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--skip-invalid", is_flag=True, help="Drop (and count) invalid clicks.")
+def datasets_describe(path: str, as_json: bool, skip_invalid: bool) -> None:
+    """Print statistics of the dataset directory PATH."""
+    from bench.data.format import describe, load_dataset
+    stats = describe(load_dataset(path, on_invalid="skip" if skip_invalid else "error"))
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+        return
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k2, v2 in value.items():
+                click.echo(f"  {k2}: {v2}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+# ------------------------------------------------------------------------------------ retrievers
+
+@cli.command("retrievers")
+def retrievers_cmd() -> None:
+    """List registered retrievers with their parameters and defaults."""
+    import inspect
+
+    from bench.retrieval import describe_retriever, param_specs, registry
+    for name, cls in registry().items():
+        click.echo(f"{name}: {describe_retriever(cls)}")
+        for pname, p in param_specs(cls).items():
+            default = "" if p.default is inspect.Parameter.empty else f" = {p.default!r}"
+            click.echo(f"    {pname}{default}")
+
+
+# ----------------------------------------------------------------------------------------- run
+
+@cli.command("run")
+@click.argument("config", type=click.Path())
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. -o dataset.params.n_stickers=500.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db).")
+@click.option("--output-dir", default=None, help="Local results folder (default: persrv-runs/).")
+@click.option("--no-report", is_flag=True, help="Skip the automatic report.")
+@click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
+def run_cmd(config: str, overrides: tuple[str, ...], tracking_uri: str | None,
+            output_dir: str | None, no_report: bool, no_tracking: bool) -> None:
+    """Run the benchmark described by CONFIG (YAML)."""
+    from bench.config import load_config
+    from bench.runner import run_experiment
+    cfg = load_config(config, list(overrides))
+    if no_report:
+        cfg.report = False
+    if no_tracking:
+        cfg.tracking.enabled = False
+    outcome = run_experiment(cfg, tracking_uri=tracking_uri, output_dir=output_dir,
+                             config_path=config, echo=click.echo)
+    if outcome.failed:
+        for r in outcome.failed:
+            click.echo(f"error: retriever {r.label} failed: {r.error} (see {r.folder}/error.txt)",
+                       err=True)
+        sys.exit(1)
+
+
+@cli.command("features")
+@click.argument("config", type=click.Path())
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
+def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
+    """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
+    from bench.config import load_config
+    from bench.data.resolve import resolve_dataset
+    from bench.runner import attach_configured_features
+    cfg = load_config(config, list(overrides))
+    ds = resolve_dataset(cfg.dataset)
+    _, embeddings, report = attach_configured_features(ds, cfg.features)
+    click.echo(f"features for {ds.name} ({ds.fingerprint}):")
+    for k, v in (report or {}).items():
+        click.echo(f"  {k}: {v}")
+    if embeddings is not None:
+        click.echo(f"  embeddings: {embeddings.shape[0]} x {embeddings.shape[1]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning BenchError into a one-line message and exit code 2."""
+    from bench.errors import BenchError
+    try:
+        cli.main(args=argv, prog_name="persrv-bench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BenchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,194 @@
+"""Experiment configs: YAML -> validated pydantic models, with ``-o key=value`` overrides.
+
+An unknown key or a wrong type is a :class:`ConfigError` that names the key (``retrievers.1.parms``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bench.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """Where the data comes from: an existing dataset directory, or a builder run on the fly."""
+
+    path: str | None = None
+    builder: str | None = None
+    source: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    out: str | None = Field(None, description="where a built dataset is written (default: cache)")
+    on_invalid: Literal["error", "skip"] = "error"
+
+
+class SplitSpec(_Strict):
+    val_groups: int = Field(1, ge=0)
+    test_groups: int = Field(1, ge=1)
+    min_train_groups: int = Field(1, ge=0)
+
+
+class RetrieverSpec(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = None
+    experiment: str | None = Field(None, description="default: the dataset's name")
+    enabled: bool = True
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    dataset: DatasetSpec
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    features: dict[str, Any] = Field(default_factory=dict)
+    retrievers: list[RetrieverSpec]
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    eval_split: Literal["test", "validation"] = "test"
+    batch_size: int = Field(2048, ge=1)
+    output_dir: str = "persrv-runs"
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    report: bool = True
+    baseline: str | None = Field(None, description="retriever label significance is tested against")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+    @field_validator("retrievers")
+    @classmethod
+    def _unique_labels(cls, specs: list[RetrieverSpec]) -> list[RetrieverSpec]:
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.display in seen:
+                raise ValueError(f"two retrievers are labelled {spec.display!r}; give one a "
+                                 "different `label`")
+            seen.add(spec.display)
+        return specs
+
+    @property
+    def depth(self) -> int:
+        return max(self.ks)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True)
+                              .encode()).hexdigest()[:12]
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a config mapping; the error names the first offending key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = _format_loc(err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key {loc!r}")
+            elif err["type"] == "missing":
+                lines.append(f"missing key {loc!r}")
+            else:
+                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a","b","0","c"], yaml-parsed value)."""
+    import yaml
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``-o`` overrides to a raw config mapping (lists indexed by number)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError):
+                    raise ConfigError(f"override {text!r}: no list item {part!r} at "
+                                      f"{'.'.join(path[:i + 1])}") from None
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])} is not a "
+                                      "mapping")
+        last = path[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = value
+            except (ValueError, IndexError):
+                raise ConfigError(f"override {text!r}: no list item {last!r}") from None
+        else:
+            node[last] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply overrides, validate."""
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides or []))
+    cfg = validate_config(raw, source=str(p))
+    cfg_dir = p.resolve().parent
+    ds = cfg.dataset
+    for attr in ("path", "source"):
+        value = getattr(ds, attr)
+        if value:
+            setattr(ds, attr, str(resolve_data_path(value, cfg_dir)))
+    return cfg
+
+
+def resolve_data_path(value: str, cfg_dir: Path) -> Path:
+    """A relative data path is tried against the working directory, then the config's folder and
+    its parent (so ``../shared/...`` works from the repository root and from ``experiments/``)."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (cfg_dir, cfg_dir.parent):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return p

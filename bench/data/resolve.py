@@ -1,0 +1,61 @@
+"""Turn a config's dataset section into a loaded :class:`Dataset` (load, or build once and reuse)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from bench.config import DatasetSpec
+from bench.data.format import META_FILE, Dataset, load_dataset
+from bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def built_dataset_dir(spec: DatasetSpec) -> Path:
+    """Where a dataset built from ``spec`` lives: ``spec.out`` or a content-keyed cache folder."""
+    if spec.out:
+        return Path(spec.out)
+    from bench.features.cache import default_cache_dir
+    blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params},
+                      sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return default_cache_dir().parent / "datasets" / f"{spec.builder}-{digest}"
+
+
+def resolve_dataset(spec: DatasetSpec) -> Dataset:
+    """Load ``spec.path``, or build with ``spec.builder`` (reusing an identical earlier build)."""
+    if spec.path and spec.builder:
+        raise ConfigError("dataset: give either `path` (an existing dataset) or `builder`, not both")
+    if spec.path:
+        return load_dataset(spec.path, on_invalid=spec.on_invalid)
+    if not spec.builder:
+        raise ConfigError("dataset: give `path` (an existing dataset directory) or `builder` "
+                          "(synthetic, emoji-styles, sticker-queries, persrv-csv)")
+    out = built_dataset_dir(spec)
+    if (out / META_FILE).exists():
+        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("builder_params_key") == _params_key(spec):
+            log.info("reusing dataset built earlier at %s", out)
+            return load_dataset(out, on_invalid=spec.on_invalid)
+    from bench.data.builders import build_dataset
+    log.info("building dataset %s into %s", spec.builder, out)
+    ds = build_dataset(spec.builder, spec.source, out, dict(spec.params))
+    _stamp(out, spec)
+    return load_dataset(out, on_invalid=spec.on_invalid) if spec.on_invalid != "error" else ds
+
+
+def _params_key(spec: DatasetSpec) -> str:
+    blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _stamp(out: Path, spec: DatasetSpec) -> None:
+    from bench.data.format import write_json_atomic
+    meta_path = out / META_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["builder_params_key"] = _params_key(spec)
+    write_json_atomic(meta_path, meta)

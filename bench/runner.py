@@ -1,0 +1,333 @@
+"""One benchmark run: dataset x retrievers -> runs, metrics, artifacts (DESIGN §1, §8).
+
+Everything is written to a local run folder first (``output_dir/<name>-<timestamp>/``) and then
+logged to MLflow, so results survive a tracking server that goes away mid-run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import ExperimentConfig, RetrieverSpec
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrieverResult:
+    label: str
+    name: str
+    params: dict[str, Any]
+    macro: dict[str, float]
+    micro: dict[str, float]
+    fit_seconds: float
+    search_seconds: float
+    run_id: str | None = None
+    folder: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    folder: Path
+    parent_run_id: str | None
+    experiment: str
+    results: list[RetrieverResult] = field(default_factory=list)
+    table: Any = None  # pandas DataFrame: one row per retriever
+
+    @property
+    def failed(self) -> list[RetrieverResult]:
+        return [r for r in self.results if r.error]
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare(cfg: ExperimentConfig):
+    """Dataset, splits, requests and the train view with offline features attached."""
+    from bench.data.resolve import resolve_dataset
+    from bench.data.splits import SplitConfig, split_interactions
+    from bench.retrieval import TrainView
+
+    ds = resolve_dataset(cfg.dataset)
+    splits = split_interactions(ds.interactions, SplitConfig(**cfg.split.model_dump()))
+    requests = splits.requests(cfg.eval_split)
+    stickers, embeddings, feature_report = attach_configured_features(ds, cfg.features)
+    public = stickers[[c for c in stickers.columns if not c.startswith("gt_")]]
+    from bench.features.cache import FeatureCache
+    view = TrainView(stickers=public, clicks=splits.history_for(cfg.eval_split), meta=ds.meta,
+                     root=ds.root, embeddings=embeddings,
+                     cache=FeatureCache(cfg.features.get("cache_dir")), seed=cfg.seed)
+    return ds, splits, requests, view, feature_report
+
+
+def attach_configured_features(ds, features: dict[str, Any]):
+    """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
+    try:
+        from bench.features.extract import FeaturesConfig, attach_features
+    except ImportError:  # pragma: no cover - the features package is part of the harness
+        return ds.stickers, None, {}
+    from pydantic import ValidationError
+
+    from bench.errors import ConfigError
+    from bench.features.cache import FeatureCache
+    try:
+        fcfg = FeaturesConfig.model_validate(features or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"features.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return attach_features(ds, fcfg, FeatureCache(fcfg.cache_dir))
+
+
+def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfig, folder: Path):
+    """Fit, search in batches, score; writes run.trec and per_request.parquet into ``folder``."""
+    from tqdm.auto import tqdm
+
+    from bench.metrics import evaluate_run
+    from bench.retrieval import Run, get_params, iter_batches, make_retriever
+
+    retriever = make_retriever(spec.name, spec.params)
+    t0 = time.perf_counter()
+    retriever.fit(view)
+    fit_s = time.perf_counter() - t0
+    run = Run(name=spec.display)
+    t0 = time.perf_counter()
+    reqs = requests.requests
+    with tqdm(total=len(reqs), desc=f"search {spec.display}", unit="req", leave=False,
+              disable=not log.isEnabledFor(logging.INFO)) as bar:
+        for batch in iter_batches(reqs, cfg.batch_size):
+            part = retriever.search(list(batch), cfg.depth)
+            for req in batch:
+                run[req] = list(part.results.get(req, []))[:cfg.depth]
+            bar.update(len(batch))
+    search_s = time.perf_counter() - t0
+    per_request, macro, micro = evaluate_run(run, requests, cfg.ks)
+    folder.mkdir(parents=True, exist_ok=True)
+    qids = requests.qids
+    run.save_trec(folder / "run.trec", qids=qids, tag=spec.display)
+    per_request.to_parquet(folder / "per_request.parquet", index=False)
+    return RetrieverResult(label=spec.display, name=spec.name, params=get_params(retriever),
+                           macro=macro, micro=micro, fit_seconds=fit_s, search_seconds=search_s,
+                           folder=folder)
+
+
+def results_table(results: list[RetrieverResult], ks: list[int]):
+    """One row per retriever: macro metrics (the reported figures), timings."""
+    import pandas as pd
+    from bench.metrics import METRICS, metric_name
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"retriever": r.label}
+        for m in METRICS:
+            for k in ks:
+                row[metric_name(m, k)] = r.macro.get(metric_name(m, k), float("nan"))
+        row["fit_s"] = round(r.fit_seconds, 2)
+        row["search_s"] = round(r.search_seconds, 2)
+        row["status"] = "failed" if r.error else "ok"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"),
+                 show_k: tuple[int, ...] | None = None) -> str:
+    """Markdown table of the main figures (M-MRR@k for every k, other metrics at the largest k)."""
+    from bench.metrics import metric_name
+    kmax = max(ks)
+    cols = [metric_name("m_mrr", k) for k in (show_k or ks)]
+    cols += [metric_name(m, kmax) for m in metrics if m != "m_mrr"]
+    cols = [c for c in cols if c in table.columns]
+    header = "| retriever | " + " | ".join(cols) + " | fit s | search s |"
+    sep = "|---|" + "---:|" * (len(cols) + 2)
+    lines = [header, sep]
+    for _, row in table.iterrows():
+        vals = " | ".join("failed" if row["status"] == "failed" else f"{row[c]:.4f}" for c in cols)
+        lines.append(f"| {row['retriever']} | {vals} | {row['fit_s']:.1f} | {row['search_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_m_mrr(table, ks: list[int], path: Path) -> Path:
+    """PNG: M-MRR@k against k, one line per retriever."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from bench.metrics import metric_name
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for _, row in table.iterrows():
+        if row["status"] != "ok":
+            continue
+        ax.plot(ks, [row[metric_name("m_mrr", k)] for k in ks], marker="o", label=row["retriever"])
+    ax.set_xlabel("k")
+    ax.set_ylabel("M-MRR@k (macro over users)")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("M-MRR@k per retriever")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
+                   output_dir: str | Path | None = None, config_path: str | None = None,
+                   echo=print) -> RunOutcome:
+    """Run every configured retriever on the evaluation split and log everything (DESIGN §8)."""
+    import yaml
+
+    from bench.evaluate import write_qrels, write_users
+    from bench.metrics import metric_name
+    from bench.tracking import Tracker, check_reachable, git_commit, mask_credentials, \
+        resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
+    if uri:
+        check_reachable(uri)  # before any expensive work
+    ds, splits, requests, view, feature_report = prepare(cfg)
+    if len(requests) == 0:
+        raise BenchError(f"dataset {ds.name}: the {cfg.eval_split} split has no requests "
+                         f"(users need at least {cfg.split.min_train_groups + cfg.split.val_groups + cfg.split.test_groups} "
+                         "click-groups); lower split.min_train_groups or use more data")
+    experiment = cfg.tracking.experiment or ds.name
+    folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_dump(mode="json")
+    (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
+                                                       allow_unicode=True), encoding="utf-8")
+    qids = requests.qids
+    write_qrels(requests, folder / "qrels.txt", qids)
+    write_users(requests, folder / "requests.tsv", qids)
+
+    tracker = _safe_tracker(uri, echo)
+    parent = None
+    if tracker.enabled:
+        try:
+            parent = tracker.start_run(experiment, run_name=cfg.name, reuse_env_run=True, tags={
+                "persrv.kind": "benchmark",
+                "mlflow.source.git.commit": git_commit() or "unknown",
+                "dataset.name": ds.name,
+                "dataset.fingerprint": ds.fingerprint,
+                "dataset.simulated_users": str(bool(ds.meta.get("simulator"))),
+                "config.hash": cfg.config_hash(),
+                "config.path": config_path or "",
+            })
+            tracker.log_params(parent, {
+                "config": {k: v for k, v in resolved.items() if k != "retrievers"},
+                "retrievers": ",".join(s.display for s in cfg.retrievers),
+                "split": splits.counts(),
+                "n_requests": len(requests),
+                "simulator": ds.meta.get("simulator") or {},
+            })
+            tracker.log_artifact(parent, folder / "config.yaml")
+        except Exception as exc:
+            tracker, parent = _tracking_lost(exc, folder, echo)
+
+    outcome = RunOutcome(folder=folder, parent_run_id=parent, experiment=experiment)
+    echo(f"dataset {ds.name} ({ds.fingerprint}): {len(ds.stickers)} stickers, "
+         f"{len(requests)} {cfg.eval_split} requests from {len(set(requests.users.values()))} users")
+    for spec in cfg.retrievers:
+        sub = folder / "retrievers" / spec.display
+        try:
+            result = evaluate_retriever(spec, view, requests, cfg, sub)
+        except BenchError:
+            raise
+        except Exception as exc:  # one failing retriever must not lose the others' results
+            log.error("retriever %s failed: %s", spec.display, exc)
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            result = RetrieverResult(spec.display, spec.name, dict(spec.params), {}, {}, 0.0, 0.0,
+                                     folder=sub, error=f"{type(exc).__name__}: {exc}")
+        outcome.results.append(result)
+        kmax = max(cfg.ks)
+        if not result.error:
+            echo(f"  {spec.display:<28} M-MRR@{kmax}={result.macro[metric_name('m_mrr', kmax)]:.4f}"
+                 f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
+        if tracker.enabled:
+            try:
+                result.run_id = _log_child(tracker, experiment, parent, result, ds)
+            except Exception as exc:
+                tracker, parent = _tracking_lost(exc, folder, echo)
+
+    table = results_table(outcome.results, cfg.ks)
+    outcome.table = table
+    table.to_csv(folder / "results.csv", index=False)
+    md = format_table(table, cfg.ks)
+    note = "\n\nUsers are simulated (DESIGN §4).\n" if ds.meta.get("simulator") else "\n"
+    (folder / "results.md").write_text(
+        f"# {cfg.name} on {ds.name} ({cfg.eval_split} split, macro over users)\n\n{md}{note}",
+        encoding="utf-8")
+    plot_m_mrr(table, cfg.ks, folder / "plots" / "m_mrr_at_k.png")
+    if cfg.report:
+        _report(cfg, folder, echo)
+    if tracker.enabled and parent:
+        try:
+            for name in ("results.md", "results.csv", "qrels.txt", "requests.tsv"):
+                tracker.log_artifact(parent, folder / name)
+            tracker.log_artifacts(parent, folder / "plots", "plots")
+            if (folder / "report").is_dir():
+                tracker.log_artifacts(parent, folder / "report", "report")
+            best = table[table["status"] == "ok"]
+            if len(best):
+                tracker.log_metrics(parent, {
+                    f"best_{metric_name('m_mrr', k)}": float(best[metric_name('m_mrr', k)].max())
+                    for k in cfg.ks})
+            tracker.end_run(parent, "FAILED" if outcome.failed else "FINISHED")
+        except Exception as exc:
+            _tracking_lost(exc, folder, echo)
+    echo("")
+    echo(md)
+    echo(f"\nresults: {folder}" + (f"   (MLflow: {mask_credentials(uri)}, experiment "
+                                   f"{experiment!r}, run {parent})" if parent else ""))
+    return outcome
+
+
+def _report(cfg: ExperimentConfig, folder: Path, echo) -> None:
+    try:
+        from bench.report import report_folder
+    except ImportError:
+        return
+    try:
+        report_folder(folder, baseline=cfg.baseline, out=folder / "report")
+    except Exception as exc:  # the report is an extra; never lose the run for it
+        log.warning("report failed: %s", exc)
+        echo(f"warning: report not written ({type(exc).__name__}: {exc})")
+
+
+def _safe_tracker(uri: str | None, echo):
+    from bench.tracking import Tracker
+    try:
+        return Tracker(uri)
+    except Exception as exc:
+        echo(f"warning: MLflow unavailable ({type(exc).__name__}: {exc}); results are local only")
+        return Tracker(None)
+
+
+def _tracking_lost(exc: Exception, folder: Path, echo):
+    from bench.tracking import Tracker
+    echo(f"warning: MLflow logging failed ({type(exc).__name__}: {exc}); continuing with local "
+         f"results only in {folder}")
+    return Tracker(None), None
+
+
+def _log_child(tracker, experiment: str, parent: str | None, result: RetrieverResult, ds) -> str | None:
+    run_id = tracker.start_run(experiment, run_name=result.label, parent_run_id=parent, tags={
+        "persrv.kind": "retriever", "retriever.name": result.name,
+        "dataset.name": ds.name, "dataset.fingerprint": ds.fingerprint,
+        **({"error": result.error[:5000]} if result.error else {}),
+    })
+    tracker.log_params(run_id, {"retriever": result.name, **result.params})
+    metrics = dict(result.macro)
+    metrics.update({f"micro_{k}": v for k, v in result.micro.items()})
+    metrics.update({"fit_seconds": result.fit_seconds, "search_seconds": result.search_seconds})
+    tracker.log_metrics(run_id, metrics)
+    if result.folder is not None:
+        tracker.log_artifacts(run_id, result.folder)
+    tracker.end_run(run_id, "FAILED" if result.error else "FINISHED")
+    return run_id

@@ -1,0 +1,188 @@
+"""Everything MLflow (DESIGN §8): tracking URI, credential masking, parent/child runs, batched logging.
+
+MLflow is imported lazily. Runs are created with ``MlflowClient`` (not the fluent API), so nested
+runs never depend on global state or on ``MLFLOW_RUN_ID`` leaking into child runs; under
+``mlflow run`` the parent reuses the run MLflow Projects created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+_CRED_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<cred>[^/@\s]+)@")
+_QUERY_SECRET_RE = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key)=)[^&\s]+")
+
+
+class TrackingError(BenchError):
+    """The tracking server is unreachable or refused a request."""
+
+
+def mask_credentials(text: str) -> str:
+    """Hide user:password in URLs and secret-looking query parameters: ``postgresql://***@host``."""
+    text = _CRED_RE.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    return _QUERY_SECRET_RE.sub(r"\1***", text)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default: ``sqlite:///<cwd>/mlflow.db``."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any expensive work, if an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+    parts = urlsplit(uri)
+    health = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}" \
+             f"{parts.path.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):  # noqa: S310 (user-given server)
+            return
+    except urllib.error.HTTPError:
+        return  # it answered; auth or path issues surface on the first real call
+    except Exception as exc:
+        raise TrackingError(f"MLflow tracking server {mask_credentials(uri)} is unreachable "
+                            f"({type(exc).__name__}: {getattr(exc, 'reason', exc)}). Start it, "
+                            "fix --tracking-uri, or unset MLFLOW_TRACKING_URI to use the local "
+                            "SQLite store.") from None
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> ``a.b`` keys with string values (masked, truncated to MLflow's limit)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = value if isinstance(value, str) else repr(value) if not isinstance(
+                value, (int, float, bool, type(None))) else str(value)
+            out[name] = mask_credentials(text)[:6000]
+    return out
+
+
+class Tracker:
+    """A thin, batched MLflow writer. ``Tracker(None)`` (tracking disabled) does nothing."""
+
+    def __init__(self, uri: str | None):
+        self.uri = uri
+        self._client = None
+        if uri is not None:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+            mlflow.set_tracking_uri(uri)
+            self._client = MlflowClient(tracking_uri=uri)
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self):
+        return self._client
+
+    def experiment_id(self, name: str) -> str | None:
+        if not self.enabled:
+            return None
+        exp = self._client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self._client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return self._client.create_experiment(name)
+        except Exception:  # created concurrently
+            return self._client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+                  parent_run_id: str | None = None, reuse_env_run: bool = False) -> str | None:
+        """Create (or, under ``mlflow run``, adopt) a run; returns its id."""
+        if not self.enabled:
+            return None
+        tags = {k: mask_credentials(str(v))[:8000] for k, v in (tags or {}).items()}
+        env_run = os.environ.get("MLFLOW_RUN_ID") if reuse_env_run else None
+        if env_run:
+            run = self._client.get_run(env_run)
+            self.set_tags(env_run, {**tags, "mlflow.runName": run.info.run_name or run_name})
+            return env_run
+        if parent_run_id:  # children live in their parent's experiment (the UI nests them there)
+            exp_id = self._client.get_run(parent_run_id).info.experiment_id
+            tags["mlflow.parentRunId"] = parent_run_id
+        else:
+            exp_id = self.experiment_id(experiment)
+        run = self._client.create_run(exp_id, run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def set_tags(self, run_id: str | None, tags: dict[str, Any]) -> None:
+        if not self.enabled or not run_id or not tags:
+            return
+        from mlflow.entities import RunTag
+        items = [RunTag(k, mask_credentials(str(v))[:8000]) for k, v in tags.items()]
+        for chunk in _chunks(items, 100):
+            self._client.log_batch(run_id, tags=chunk)
+
+    def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
+        if not self.enabled or not run_id or not params:
+            return
+        from mlflow.entities import Param
+        items = [Param(k[:250], v) for k, v in flatten_params(params).items()]
+        for chunk in _chunks(items, 100):
+            self._client.log_batch(run_id, params=chunk)
+
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
+        if not self.enabled or not run_id or not metrics:
+            return
+        import time
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for chunk in _chunks(items, 1000):
+            self._client.log_batch(run_id, metrics=chunk)
+
+    def log_artifacts(self, run_id: str | None, local_dir: str | Path,
+                      artifact_path: str | None = None) -> None:
+        if not self.enabled or not run_id:
+            return
+        self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str | None, path: str | Path,
+                     artifact_path: str | None = None) -> None:
+        if not self.enabled or not run_id:
+            return
+        self._client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if not self.enabled or not run_id:
+            return
+        self._client.set_terminated(run_id, status=status)

@@ -1,4 +1,4 @@
-"""Ranking metrics (DESIGN §6): M-MRR@k, MRR@k, Recall@k, NDCG@k — plain functions over plain data.
+"""Ranking metrics (DESIGN §6): M-MRR@k, MRR@k, Recall@k, NDCG@k, as plain functions.
 
 For a request with relevant set G and ranking P (best first):
 

@@ -118,6 +118,51 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
                            folder=folder)
 
 
+def request_segments(ds, history, requests):
+    """Per request: history length and segment (cold/light/heavy), query language, ``gt_*`` groups.
+
+    ``gt_style``/``gt_pack`` of a request is the most common value among its relevant stickers
+    (ground truth, for breakdowns only).
+    """
+    import pandas as pd
+
+    from bench.data.format import languages_of
+    hist = history.groupby("user_id").size()
+    gt_cols = [c for c in ("gt_style", "gt_pack", "gt_topic") if c in ds.stickers.columns]
+    gt = ds.stickers.set_index("sticker_id")[gt_cols] if gt_cols else None
+    rows = []
+    for req, qid in requests.qids.items():
+        n = int(hist.get(req.user_id, 0))
+        langs = languages_of(pd.Series([req.query]))
+        row = {"qid": qid, "user_id": req.user_id, "query": req.query, "history_clicks": n,
+               "segment": "cold" if n == 0 else ("light" if n < 10 else "heavy"),
+               "language": "+".join(langs) if langs else "other"}
+        if gt is not None:
+            rel = gt.reindex(sorted(requests.relevant[req]))
+            for col in gt_cols:
+                mode = rel[col].dropna().astype(str).mode()
+                row[col] = mode.iloc[0] if len(mode) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def history_sample(view, ds, n_users: int = 3):
+    """History embeddings of the ``n_users`` users with the longest history (for report plots)."""
+    import pandas as pd
+    if view.embeddings is None or view.clicks.empty:
+        return None
+    top = view.clicks.groupby("user_id").size().sort_values(ascending=False, kind="stable")
+    row_of = {sid: i for i, sid in enumerate(view.stickers["sticker_id"])}
+    style = ds.stickers.set_index("sticker_id")["gt_style"] if "gt_style" in ds.stickers else None
+    rows = []
+    for user in top.index[:n_users]:
+        for sid in view.clicks.loc[view.clicks["user_id"] == user, "sticker_id"].unique():
+            rows.append({"user_id": user, "sticker_id": sid,
+                         "gt_style": None if style is None else style.get(sid),
+                         "embedding": view.embeddings[row_of[sid]].astype("float32").tolist()})
+    return pd.DataFrame(rows)
+
+
 def results_table(results: list[RetrieverResult], ks: list[int]):
     """One row per retriever: macro metrics (the reported figures), timings."""
     import pandas as pd
@@ -204,6 +249,10 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     qids = requests.qids
     write_qrels(requests, folder / "qrels.txt", qids)
     write_users(requests, folder / "requests.tsv", qids)
+    request_segments(ds, view.clicks, requests).to_parquet(folder / "segments.parquet", index=False)
+    sample = history_sample(view, ds)
+    if sample is not None:
+        sample.to_parquet(folder / "history_sample.parquet", index=False)
 
     tracker = _safe_tracker(uri, echo)
     parent = None
@@ -226,6 +275,7 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
                 "simulator": ds.meta.get("simulator") or {},
             })
             tracker.log_artifact(parent, folder / "config.yaml")
+            (folder / "parent_run_id.txt").write_text(f"{parent}\n{mask_credentials(uri)}\n", encoding="utf-8")
         except Exception as exc:
             tracker, parent = _tracking_lost(exc, folder, echo)
 
@@ -268,8 +318,10 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
         _report(cfg, folder, echo)
     if tracker.enabled and parent:
         try:
-            for name in ("results.md", "results.csv", "qrels.txt", "requests.tsv"):
-                tracker.log_artifact(parent, folder / name)
+            for name in ("results.md", "results.csv", "qrels.txt", "requests.tsv",
+                         "segments.parquet", "history_sample.parquet"):
+                if (folder / name).exists():
+                    tracker.log_artifact(parent, folder / name)
             tracker.log_artifacts(parent, folder / "plots", "plots")
             if (folder / "report").is_dir():
                 tracker.log_artifacts(parent, folder / "report", "report")

@@ -206,9 +206,6 @@ def _require_columns(df: pd.DataFrame, columns, file: str) -> None:
 
 def _check_string_column(df: pd.DataFrame, col: str, file: str, nullable: bool = False) -> None:
     values = df[col]
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        # numeric ids are tolerated only if every value is a whole number (they become strings)
-        return
     mask = values.map(lambda v: isinstance(v, str) or (nullable and v is None)
                       or (nullable and isinstance(v, float) and np.isnan(v)))
     if not bool(mask.all()):

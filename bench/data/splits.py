@@ -11,6 +11,7 @@ that query in that split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ class Requests:
     requests: list[Request]
     relevant: dict[Request, set[str]]
 
-    @property
+    @cached_property
     def qids(self) -> dict[Request, str]:
         return {r: f"q{i}" for i, r in enumerate(self.requests)}
 

@@ -1,0 +1,216 @@
+"""The tokenizer shared by every BM25 in the project (baselines and PerSRV's fields).
+
+``Tokenizer()(text) -> list[str]``; ``Tokenizer().batch(texts) -> list[list[str]]``.
+
+Steps, in order:
+
+1. NFKC normalisation (full-width Latin, circled digits, compatibility ideographs fold to their
+   plain forms), then ``str.casefold`` when ``lowercase`` (``"Straße"`` -> ``"strasse"``).
+2. Split into runs of word characters of every script: Unicode letters, digits, ``_`` and
+   combining marks (so Devanagari, Thai, accented text stay whole words). Everything else
+   (spaces, punctuation, symbols) separates tokens, except emoji, each kept as a token of its own
+   (skin-tone modifiers, ZWJ and variation selectors dropped).
+3. Chinese (Han ideographs and Hiragana) inside a run is split off and segmented by ``chinese``:
+   ``"jieba"`` (jieba's precise mode), ``"char"`` (one token per character, as Elasticsearch's
+   standard analyzer splits CJK) or ``"none"`` (the whole run as one token).
+4. Stopwords removed (``stopwords``: None, a language name known to bm25s such as ``"english"`` or
+   ``"chinese"``, or an iterable of words; compared after step 1).
+5. Snowball stemming (``stem``: None or a PyStemmer language such as ``"english"``), cached per
+   distinct token.
+
+Unlike Lucene's UAX#29 tokenizer, apostrophes and dots always split (``"don't"`` -> ``don``,
+``t``; ``"3.14"`` -> ``3``, ``14``) and single-character tokens are kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import unicodedata
+from typing import Iterable, Literal, Sequence
+
+ChineseMode = Literal["jieba", "char", "none"]
+CHINESE_MODES = ("jieba", "char", "none")
+
+# Han ideographs (URO, Ext A, compatibility, Ext B+ in the SIP/TIP planes) and Hiragana: what
+# Lucene's StandardTokenizer emits one character at a time.
+_CJK = ("\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+        "\U00020000-\U0002fa1f\U00030000-\U0003134f")
+# Pictographic emoji blocks, without the skin-tone modifiers U+1F3FB..U+1F3FF.
+_EMOJI = ("\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001f3fa\U0001f400-\U0001f64f"
+          "\U0001f680-\U0001f6ff\U0001f900-\U0001f9ff\U0001fa70-\U0001faff")
+
+_STOPWORD_SETS = {"english": "STOPWORDS_EN", "en": "STOPWORDS_EN",
+                  "chinese": "STOPWORDS_CHINESE", "zh": "STOPWORDS_CHINESE",
+                  "german": "STOPWORDS_GERMAN", "de": "STOPWORDS_GERMAN",
+                  "french": "STOPWORDS_FRENCH", "fr": "STOPWORDS_FRENCH",
+                  "spanish": "STOPWORDS_SPANISH", "es": "STOPWORDS_SPANISH"}
+
+
+def _ranges(codepoints: Iterable[int]) -> str:
+    """A regex character-class body for a sorted list of code points."""
+    out, start, prev = [], None, None
+    for c in codepoints:
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:
+            prev = c
+        else:
+            out.append((start, prev))
+            start = prev = c
+    if start is not None:
+        out.append((start, prev))
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                   for a, b in out)
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]:
+    """(token, has-CJK, CJK-run splitter, single CJK char) patterns; built once (~0.1 s)."""
+    marks = _ranges(c for c in range(sys.maxunicode + 1)
+                    if unicodedata.category(chr(c))[0] == "M")
+    token = re.compile(f"[\\w{marks}]+|[{_EMOJI}]")
+    has_cjk = re.compile(f"[{_CJK}]")
+    cjk_split = re.compile(f"([{_CJK}]+)")
+    cjk_char = re.compile(f"[{_CJK}]")
+    return token, has_cjk, cjk_split, cjk_char
+
+
+def _quiet_jieba():
+    import jieba
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def resolve_stopwords(stopwords: str | Iterable[str] | None) -> frozenset[str]:
+    """A stopword set from None, a language name (bm25s's lists) or an iterable of words."""
+    if stopwords is None:
+        return frozenset()
+    if isinstance(stopwords, str):
+        attr = _STOPWORD_SETS.get(stopwords.lower())
+        if attr is None:
+            raise ValueError(f"unknown stopword list {stopwords!r}; use one of "
+                             f"{', '.join(sorted(_STOPWORD_SETS))} or pass a list of words")
+        import bm25s.stopwords
+        words = getattr(bm25s.stopwords, attr)
+    else:
+        words = stopwords
+    return frozenset(unicodedata.normalize("NFKC", w).casefold() for w in words)
+
+
+class Tokenizer:
+    """Unicode-aware word tokenizer with optional stemming, stopwords and Chinese segmentation.
+
+    Parameters: ``lowercase`` (casefold), ``stem`` (PyStemmer language or None), ``chinese``
+    (``"jieba"``, ``"char"`` or ``"none"``), ``stopwords`` (see :func:`resolve_stopwords`).
+    Cheap to build; jieba and PyStemmer are imported on first use. Not thread-safe (caches).
+    """
+
+    def __init__(self, lowercase: bool = True, stem: str | None = None,
+                 chinese: ChineseMode = "jieba",
+                 stopwords: str | Iterable[str] | None = None):
+        if chinese not in CHINESE_MODES:
+            raise ValueError(f"chinese must be one of {', '.join(CHINESE_MODES)}, got {chinese!r}")
+        self.lowercase = lowercase
+        self.stem = stem
+        self.chinese = chinese
+        self.stopwords = stopwords
+        self._stop = resolve_stopwords(stopwords)
+        self._stemmer = None
+        if stem is not None:
+            import Stemmer
+            try:
+                self._stemmer = Stemmer.Stemmer(stem)
+            except KeyError:
+                raise ValueError(f"unknown stemmer language {stem!r}; PyStemmer knows "
+                                 f"{', '.join(Stemmer.algorithms())}") from None
+        self._stems: dict[str, str] = {}
+        self._segments: dict[str, list[str]] = {}
+        self._jieba = None
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(lowercase={self.lowercase!r}, stem={self.stem!r}, "
+                f"chinese={self.chinese!r}, stopwords={self.stopwords!r})")
+
+    # ------------------------------------------------------------------------------------ API
+    def __call__(self, text: str | None) -> list[str]:
+        return self.batch([text])[0]
+
+    def batch(self, texts: Sequence[str | None]) -> list[list[str]]:
+        """Tokens of each text (None or NaN count as empty). Repeated texts are tokenized once."""
+        token_re, has_cjk, _, _ = _patterns()
+        norm = unicodedata.normalize
+        lower = self.lowercase
+        memo: dict[str, list[str]] = {}
+        out: list[list[str]] = []
+        for text in texts:
+            if not isinstance(text, str):  # None, NaN
+                out.append([])
+                continue
+            toks = memo.get(text)
+            if toks is None:
+                s = norm("NFKC", text)
+                if lower:
+                    s = s.casefold()
+                toks = token_re.findall(s)
+                if has_cjk.search(s) is not None:
+                    toks = self._split_cjk(toks)
+                memo[text] = toks
+            out.append(toks)
+        if self._stop:
+            stop = self._stop
+            filtered: dict[int, list[str]] = {}  # by id of the memo list: once per distinct text
+            kept = []
+            for toks in out:
+                f = filtered.get(id(toks))
+                if f is None:
+                    f = filtered[id(toks)] = [w for w in toks if w not in stop]
+                kept.append(f)
+            out = kept
+        if self._stemmer is not None:
+            out = self._stem_all(out)
+        else:
+            out = [list(t) for t in out]  # callers may mutate; never share memo lists
+        return out
+
+    # ---------------------------------------------------------------------------- internals
+    def _split_cjk(self, tokens: list[str]) -> list[str]:
+        _, has_cjk, cjk_split, cjk_char = _patterns()
+        res: list[str] = []
+        for tok in tokens:
+            if has_cjk.search(tok) is None:
+                res.append(tok)
+                continue
+            for i, piece in enumerate(cjk_split.split(tok)):
+                if not piece:
+                    continue
+                if i % 2 == 0:  # non-CJK part of the run (e.g. "abc" in "abc中文")
+                    res.append(piece)
+                elif self.chinese == "char":
+                    res.extend(cjk_char.findall(piece))
+                elif self.chinese == "none":
+                    res.append(piece)
+                else:
+                    res.extend(self._segment(piece))
+        return res
+
+    def _segment(self, run: str) -> list[str]:
+        seg = self._segments.get(run)
+        if seg is None:
+            if self._jieba is None:
+                self._jieba = _quiet_jieba()
+            seg = [w for w in self._jieba.lcut(run) if w.strip()]
+            if len(self._segments) > (1 << 18):
+                self._segments.clear()
+            self._segments[run] = seg
+        return seg
+
+    def _stem_all(self, docs: list[list[str]]) -> list[list[str]]:
+        stems = self._stems
+        new = {w for doc in docs for w in doc if w not in stems}
+        if new:
+            new_list = list(new)
+            stems.update(zip(new_list, self._stemmer.stemWords(new_list)))
+        return [[stems[w] for w in doc] for doc in docs]

@@ -1,0 +1,244 @@
+"""BM25 baseline and the shared tokenizer (bench/text.py, baselines/bm25.py)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import baselines.bm25 as bm25_mod
+from baselines.bm25 import BM25Retriever, historical_queries, resolve_fields
+from bench.errors import ConfigError
+from bench.retrieval import Request, TrainView, describe_retriever, get_params, make_retriever
+from bench.text import Tokenizer
+
+
+def make_train(texts, clicks=None, column="ocr_text", **extra) -> TrainView:
+    stickers = pd.DataFrame({"sticker_id": [f"s{i}" for i in range(len(texts))],
+                             "image": [None] * len(texts), column: texts, **extra})
+    if clicks is None:
+        clicks = pd.DataFrame({"user_id": [], "query": [], "sticker_id": [], "ts": []})
+    else:
+        clicks = pd.DataFrame(clicks, columns=["user_id", "query", "sticker_id", "ts"])
+    return TrainView(stickers=stickers, clicks=clicks)
+
+
+CORPUS = [
+    "happy cat dancing",
+    "sad dog crying in the rain",
+    "happy happy dog",
+    None,                                     # no text: not in N nor avgdl (Lucene docCount)
+    "good morning coffee",
+    "cat cat cat sleeping on a very long sofa all day",
+    "angry cat",
+    "",
+]
+
+
+def lucene_scores(docs: list[list[str]], query: list[str], k1=1.2, b=0.75) -> np.ndarray:
+    """Lucene/Elasticsearch BM25 from raw counts, for documents with at least one token."""
+    kept = [d for d in docs if d]
+    n_docs = len(kept)
+    avgdl = sum(len(d) for d in kept) / n_docs
+    df = Counter(t for d in kept for t in set(d))
+    out = np.zeros(len(docs))
+    for i, d in enumerate(docs):
+        if not d:
+            continue
+        tf = Counter(d)
+        for t in query:  # repeated query tokens count again (Lucene merges them into a boost)
+            if tf[t] == 0:
+                continue
+            idf = math.log(1 + (n_docs - df[t] + 0.5) / (df[t] + 0.5))
+            out[i] += idf * tf[t] / (tf[t] + k1 * (1 - b + b * len(d) / avgdl))
+    return out
+
+
+# ------------------------------------------------------------------------------ (a) formula
+
+@pytest.mark.parametrize("k1,b", [(1.2, 0.75), (0.9, 0.4), (2.0, 1.0)])
+def test_bm25s_scores_equal_lucene_formula(k1, b):
+    train = make_train(CORPUS)
+    tok = Tokenizer()
+    docs = tok.batch(CORPUS)
+    queries = ["happy cat", "cat", "dog rain", "sofa cat cat", "coffee", "zebra cat"]
+    ret = BM25Retriever(fields="ocr_text", k1=k1, b=b).fit(train)
+    run = ret.search([Request("u", q) for q in queries], k=100)
+    for q in queries:
+        expected = lucene_scores(docs, tok(q), k1, b)
+        got = dict(run[Request("u", q)])
+        want = {f"s{i}": s for i, s in enumerate(expected) if s > 0}
+        assert set(got) == set(want), q
+        for sid, s in want.items():
+            assert got[sid] == pytest.approx(s, rel=1e-5, abs=1e-5), (q, sid)
+        scores = [s for _, s in run[Request("u", q)]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_ties_broken_by_sticker_order():
+    train = make_train(["red ball", "blue ball", "red ball", "green ball", "red ball"])
+    run = BM25Retriever(fields="ocr_text").fit(train).search([Request("u", "red")], k=2)
+    assert [sid for sid, _ in run[Request("u", "red")]] == ["s0", "s2"]
+    full = BM25Retriever(fields="ocr_text").fit(train).search([Request("u", "red")], k=10)
+    assert [sid for sid, _ in full[Request("u", "red")]] == ["s0", "s2", "s4"]
+
+
+def test_blocking_does_not_change_results(monkeypatch):
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 8))) for _ in range(300)]
+    queries = [" ".join(rng.choice(words, size=rng.integers(1, 4))) for _ in range(50)]
+    train = make_train(texts)
+    reqs = [Request(f"u{i}", q) for i, q in enumerate(queries)]
+    ref = BM25Retriever(fields="ocr_text").fit(train).search(reqs, k=15)
+    monkeypatch.setattr(bm25_mod, "MAX_BLOCK_POSTINGS", 50)
+    small = BM25Retriever(fields="ocr_text", batch_size=3).fit(train).search(reqs, k=15)
+    for r in reqs:
+        assert small.ids(r) == ref.ids(r)
+        assert np.allclose([s for _, s in small[r]], [s for _, s in ref[r]])
+
+
+# --------------------------------------------------------------------- (b) both backends
+
+def test_backends_agree_where_formulas_rank_alike():
+    # rank-bm25's idf ln((N-n+0.5)/(n+0.5)) and Lucene's ln(1+(N-n+0.5)/(n+0.5)) differ in value
+    # but both are positive and decreasing in n when n < N/2, and its extra (k1+1) factor is a
+    # constant. So a query whose terms all share one document frequency n < N/2 scores
+    # idf(n) * sum(tf parts) in both: same ranking. Here N = 10 and every query term has n <= 3.
+    texts = ["cat", "cat dog", "cat cat long text here", "dog dog dog", "bird", "fish bird",
+             "snake", "frog lizard", "lion tiger dog", "frog"]
+    train = make_train(texts)
+    tok = Tokenizer()
+    df = Counter(t for d in tok.batch(texts) for t in set(d))
+    queries = ["cat", "dog", "bird", "frog", "cat cat", "cat dog", "bird frog", "tiger"]
+    for q in queries:
+        terms = set(tok(q))
+        assert all(df[t] < len(texts) / 2 for t in terms)
+        assert len({df[t] for t in terms}) == 1, q
+    reqs = [Request("u", q) for q in queries]
+    a = BM25Retriever(fields="ocr_text", backend="bm25s").fit(train).search(reqs, k=5)
+    b = BM25Retriever(fields="ocr_text", backend="rank-bm25").fit(train).search(reqs, k=5)
+    for r in reqs:
+        assert a.ids(r) == b.ids(r), r.query
+        assert a.ids(r), r.query
+
+
+def test_rank_bm25_drops_nonpositive_scores():
+    # "cat" is in 3 of 4 documents: rank-bm25's idf is negative, floored at 0.25 * mean idf > 0
+    # only if the mean is positive; whatever it is, only positive scores are returned.
+    train = make_train(["cat", "cat dog", "cat", "fish"])
+    run = BM25Retriever(fields="ocr_text", backend="rank-bm25").fit(train) \
+        .search([Request("u", "cat"), Request("u", "fish")], k=10)
+    assert all(s > 0 for s in [s for r in run for _, s in run[r]])
+    assert run.ids(Request("u", "fish")) == ["s3"]
+
+
+# ------------------------------------------------------------------------------ (c) tokenizer
+
+def test_tokenizer_unicode_lowercasing():
+    tok = Tokenizer()
+    assert tok("Hello WORLD, Straße!") == ["hello", "world", "strasse"]
+    assert tok("ＦＵＬＬ width ①") == ["full", "width", "1"]          # NFKC
+    assert tok("ÉCOLE naïve") == ["école", "naïve"]
+    assert tok("हिन्दी text") == ["हिन्दी", "text"]                    # combining marks stay
+    assert tok("lol😂👍🏽!!") == ["lol", "😂", "👍"]                     # emoji tokens, no modifier
+    assert Tokenizer(lowercase=False)("Hello World") == ["Hello", "World"]
+    assert tok("") == [] and tok(None) == []
+
+
+def test_tokenizer_stemming_on_off():
+    assert Tokenizer()("running cats") == ["running", "cats"]
+    assert Tokenizer(stem="english")("running cats") == ["run", "cat"]
+    assert Tokenizer(stem="english", stopwords="english")("the cats are running") == ["cat", "run"]
+    with pytest.raises(ValueError, match="stemmer"):
+        Tokenizer(stem="klingon")
+
+
+def test_tokenizer_chinese_modes():
+    text = "我今天很开心abc哈哈"
+    jieba_tokens = Tokenizer(chinese="jieba")(text)
+    assert "今天" in jieba_tokens and "开心" in jieba_tokens and "abc" in jieba_tokens
+    assert Tokenizer(chinese="char")(text) == ["我", "今", "天", "很", "开", "心", "abc", "哈", "哈"]
+    assert Tokenizer(chinese="none")(text) == ["我今天很开心", "abc", "哈哈"]
+    assert "".join(t for t in jieba_tokens if t != "abc") == "我今天很开心哈哈"
+
+
+def test_tokenizer_batch_matches_call_and_copies():
+    tok = Tokenizer(stem="english")
+    texts = ["Cats running", None, "cats running", "Cats running"]
+    out = tok.batch(texts)
+    assert out == [tok(t) for t in texts]
+    out[0].append("x")
+    assert out[3] == ["cat", "run"]
+
+
+# ----------------------------------------------------------------------------- (d) edge cases
+
+def test_empty_unknown_queries_and_large_k():
+    train = make_train(["happy cat", "sad dog", "cat"])
+    for backend in ("bm25s", "rank-bm25"):
+        ret = BM25Retriever(fields="ocr_text", backend=backend).fit(train)
+        reqs = [Request("u", ""), Request("u", "!!!"), Request("u", "zebra"),
+                Request("u", "cat"), Request("v", "cat")]
+        run = ret.search(reqs, k=1000)
+        assert len(run) == 5
+        assert run[reqs[0]] == [] and run[reqs[1]] == [] and run[reqs[2]] == []
+        assert run.ids(reqs[3]) == ["s2", "s0"] == run.ids(reqs[4])
+        assert ret.search(reqs, k=0)[reqs[3]] == []
+        assert len(ret.search([], k=10)) == 0
+
+
+def test_empty_corpus_and_corpus_without_text():
+    for texts in ([], [None, "", "  !! "]):
+        for backend in ("bm25s", "rank-bm25"):
+            ret = BM25Retriever(fields="ocr_text", backend=backend).fit(make_train(texts))
+            run = ret.search([Request("u", "cat")], k=10)
+            assert run[Request("u", "cat")] == []
+
+
+def test_fields_resolution_and_errors():
+    train = make_train(["a"], description=["b"], gt_style=["secret"])
+    assert resolve_fields("all", train.stickers) == ["ocr_text", "description"]
+    assert resolve_fields("ocr_text, queries", train.stickers) == ["ocr_text", "queries"]
+    with pytest.raises(ConfigError, match="unknown field 'gt_style'"):
+        BM25Retriever(fields=["gt_style"]).fit(train)
+    with pytest.raises(ConfigError, match="backend"):
+        BM25Retriever(backend="lucene").fit(train)
+    # "all" joins every text column, never gt_*
+    run = BM25Retriever().fit(train).search([Request("u", "b"), Request("u", "secret")], k=5)
+    assert run.ids(Request("u", "b")) == ["s0"] and run.ids(Request("u", "secret")) == []
+
+
+def test_registered_with_params():
+    ret = make_retriever("bm25", {"k1": 0.9, "stem": "english"})
+    assert isinstance(ret, BM25Retriever)
+    assert get_params(ret) == {"fields": "all", "backend": "bm25s", "k1": 0.9, "b": 0.75,
+                               "stem": "english", "chinese": "jieba", "batch_size": 1024}
+    assert describe_retriever(BM25Retriever).startswith("BM25")
+
+
+# ------------------------------------------------------------------ (e) historical queries
+
+def test_queries_field_uses_only_train_clicks():
+    texts = ["picture one", "picture two", "picture three"]
+    clicks = [("u1", "good night", "s0", 1), ("u2", "good night", "s0", 2),
+              ("u1", "sleepy", "s0", 3), ("u3", "party time", "s1", 4)]
+    train = make_train(texts, clicks)
+    assert historical_queries(train.clicks, train.sticker_ids) == \
+        ["good night sleepy", "party time", ""]
+    ret = BM25Retriever(fields=["queries"]).fit(train)
+    run = ret.search([Request("x", "night"), Request("x", "party"), Request("x", "birthday"),
+                      Request("x", "picture")], k=10)
+    assert run.ids(Request("x", "night")) == ["s0"]
+    assert run.ids(Request("x", "party")) == ["s1"]
+    assert run.ids(Request("x", "birthday")) == []   # a query no train click carries
+    assert run.ids(Request("x", "picture")) == []    # sticker text is not in this field
+    # A click that is not in TrainView.clicks (e.g. a test click) changes nothing.
+    later = make_train(texts, clicks + [("u9", "birthday", "s2", 9)])
+    assert BM25Retriever(fields="queries").fit(later) \
+        .search([Request("x", "birthday")], k=10).ids(Request("x", "birthday")) == ["s2"]
+    both = BM25Retriever(fields="ocr_text,queries").fit(train)
+    assert both.search([Request("x", "three")], k=3).ids(Request("x", "three")) == ["s2"]

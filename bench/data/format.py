@@ -206,9 +206,12 @@ def _require_columns(df: pd.DataFrame, columns, file: str) -> None:
 
 def _check_string_column(df: pd.DataFrame, col: str, file: str, nullable: bool = False) -> None:
     values = df[col]
-    mask = values.map(lambda v: isinstance(v, str) or (nullable and v is None)
-                      or (nullable and isinstance(v, float) and np.isnan(v)))
-    if not bool(mask.all()):
+    if pd.api.types.is_string_dtype(values.dtype) and not values.dtype == object:
+        mask = None  # a pyarrow/pandas string column holds only strings and missing values
+    else:
+        mask = values.map(lambda v: isinstance(v, str) or (nullable and v is None)
+                          or (nullable and isinstance(v, float) and np.isnan(v)))
+    if mask is not None and not bool(mask.all()):
         row = int(np.flatnonzero(~mask.to_numpy())[0])
         raise DatasetError(f"expected a string, got {type(values.iloc[row]).__name__} "
                            f"{values.iloc[row]!r}", file=file, row=row, column=col)
@@ -299,7 +302,9 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     problems = [
         ("empty_query", inter["query"].str.strip().eq("").to_numpy(), "query",
          "empty query"),
-        ("unknown_sticker", ~inter["sticker_id"].isin(stickers["sticker_id"]).to_numpy(),
+        ("unknown_sticker",
+         pd.Index(stickers["sticker_id"].to_numpy(object))
+         .get_indexer(inter["sticker_id"].to_numpy(object)) < 0,
          "sticker_id", "click on a sticker id that is not in stickers.parquet"),
     ]
     drop = np.zeros(len(inter), dtype=bool)

@@ -128,6 +128,7 @@ def _flatten_queries(ids: Sequence[str], queries_per_item: Mapping[str, Sequence
     lists costs 50 list walks. Each slice puts the item's open (not held-out) queries first.
     """
     lists: dict[int, Sequence[str]] = {}
+    alive: list[Any] = []  # keeps every keyed object alive, so no later one reuses its id()
     item_list = np.empty(len(ids), dtype=np.int64)
     keys: list[int] = []
     for i, sid in enumerate(ids):
@@ -136,6 +137,7 @@ def _flatten_queries(ids: Sequence[str], queries_per_item: Mapping[str, Sequence
         if key not in lists:
             lists[key] = [q.strip() for q in lst if isinstance(q, str) and q.strip()] if key else []
             keys.append(key)
+            alive.append(lst)
         item_list[i] = key
     distinct = sorted({q for lst in lists.values() for q in lst})
     rng = np.random.default_rng([seed, 1])
@@ -269,7 +271,8 @@ def simulate_clicks(items: pd.DataFrame, queries_per_item: Mapping[str, Sequence
     ``items`` needs ``sticker_id``, ``config.group_col`` and ``config.topic_col``;
     ``queries_per_item`` maps sticker ids to their real queries (items without any are never
     clicked). Same inputs and seed give the same frame. Counters (held-out queries, fallbacks,
-    repeats, ...) are in ``frame.attrs["simulator_stats"]``.
+    repeats, ...) are in ``frame.attrs["simulator_stats"]``, the held-out query strings in
+    ``frame.attrs["heldout_queries"]``.
     """
     cfg = (config or SimulatorConfig()).validate()
     c = _Corpus(items, queries_per_item, cfg)
@@ -299,6 +302,7 @@ def simulate_clicks(items: pd.DataFrame, queries_per_item: Mapping[str, Sequence
                  items_without_queries=c.n_without_queries,
                  styles=int(c.n_styles), topics=int(c.n_topics))
     out.attrs["simulator_stats"] = stats
+    out.attrs["heldout_queries"] = sorted(c.heldout)
     return out
 
 
@@ -311,9 +315,10 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
     pos = np.arange(len(user)) - user_first
     tail = pos >= np.repeat(n_groups, n_groups) - cfg.heldout_tail_groups
     topic, item, q, fallback = ch.draw(user, tail)
-    # repeats: copy (topic, item, query) of a uniformly chosen earlier group of the same user
-    rep = (pos > 0) & (rng.random(len(user)) < cfg.repeat_query_prob)
-    src = np.where(rep, user_first + (rng.random(len(user)) * pos).astype(np.int64),
+    # repeats: copy (topic, item, query) of a uniformly chosen earlier group of the same user,
+    # not the one just before (the two would merge into one click-group)
+    rep = (pos > 1) & (rng.random(len(user)) < cfg.repeat_query_prob)
+    src = np.where(rep, user_first + (rng.random(len(user)) * (pos - 1)).astype(np.int64),
                    np.arange(len(user)))
     while rep[src].any():  # follow chains back to an original group (indices strictly drop)
         src = np.where(rep[src], src[src], src)
@@ -327,6 +332,7 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
         t2, i2, q2, fb = ch.draw(user[clash], tail[clash])
         topic[clash], item[clash], q[clash] = t2, i2, q2
         fallback += fb
+        rep[clash] = False
     stats["merged_groups"] += int(((pos > 0) & (c.q_code[q] == np.r_[-1, c.q_code[q][:-1]])).sum())
     stats["history_fallback_groups"] += fallback
     stats["repeat_groups"] += int(rep.sum())

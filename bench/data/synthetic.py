@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from bench.data.format import Dataset, write_dataset
 from bench.data.simulate import simulate_clicks, simulator_config
@@ -129,7 +129,8 @@ VOCAB_ZH = """
 DEJAVU = "/usr/share/fonts/truetype/dejavu/"
 NOTO_CJK = "/usr/share/fonts/opentype/noto/"
 
-# name: fills, background, outline colour, outline width (fraction of size), texture, EN font, ZH font
+# name: fills, background, outline colour, outline width (fraction of size), texture, EN font, ZH
+# font (all from the Debian packages fonts-dejavu-core and fonts-noto-cjk)
 STYLES: dict[str, dict[str, Any]] = {
     "pastel": dict(fills=[(255, 204, 213), (204, 236, 255), (221, 255, 204), (255, 240, 196)],
                    bg=(255, 255, 255), outline=(150, 150, 150), width=0.01, texture="flat",
@@ -142,15 +143,15 @@ STYLES: dict[str, dict[str, Any]] = {
                  font=DEJAVU + "DejaVuSansMono-Bold.ttf", font_zh=NOTO_CJK + "NotoSansCJK-Bold.ttc"),
     "retro": dict(fills=[(200, 120, 60), (230, 180, 90), (150, 90, 60), (190, 160, 110)],
                   bg=(245, 230, 200), outline=(90, 50, 20), width=0.03, texture="stripes",
-                  font=DEJAVU + "DejaVuSerifCondensed-Bold.ttf",
+                  font=DEJAVU + "DejaVuSerif.ttf",
                   font_zh=NOTO_CJK + "NotoSerifCJK-Regular.ttc"),
     "sketch": dict(fills=[(255, 255, 255), (240, 240, 240)], bg=(255, 255, 255),
                    outline=(30, 30, 30), width=0.015, texture="hatch",
-                   font=DEJAVU + "DejaVuSans-BoldOblique.ttf",
+                   font=DEJAVU + "DejaVuSans.ttf",
                    font_zh=NOTO_CJK + "NotoSansCJK-Regular.ttc"),
     "mono": dict(fills=[(90, 90, 90), (140, 140, 140), (190, 190, 190)], bg=(230, 230, 230),
                  outline=(20, 20, 20), width=0.02, texture="checker",
-                 font=DEJAVU + "DejaVuSansCondensed-Bold.ttf",
+                 font=DEJAVU + "DejaVuSansMono.ttf",
                  font_zh=NOTO_CJK + "NotoSansCJK-Bold.ttc"),
 }
 SHAPES = ("circle", "star", "cat", "heart", "robot", "ghost")
@@ -260,7 +261,6 @@ def _texture(img: Image.Image, mask: Image.Image, kind: str, colour, size: int) 
         for yy in range(0, size, step):
             for xx in range((yy // step % 2) * step, size, 2 * step):
                 d.rectangle((xx, yy, xx + step - 1, yy + step - 1), fill=160)
-    from PIL import ImageChops
     img.paste(layer, mask=ImageChops.multiply(pat, mask))
 
 
@@ -372,9 +372,11 @@ def style_embeddings(styles: pd.Series, dim: int, noise: float, seed: int) -> np
     rng = np.random.default_rng([seed, 11])
     proto = rng.standard_normal((len(names), dim))
     proto /= np.linalg.norm(proto, axis=1, keepdims=True)
-    emb = proto[codes] + rng.standard_normal((len(codes), dim)) * (noise / math.sqrt(dim))
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb.astype(np.float32)
+    emb = rng.standard_normal((len(codes), dim), dtype=np.float32)
+    emb *= np.float32(noise / math.sqrt(dim))
+    emb += proto[codes].astype(np.float32)
+    emb /= np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]
+    return emb
 
 
 def build_synthetic(source: Any, out: str | Path, *, n_stickers: int = 1000, images: bool = True,
@@ -384,7 +386,7 @@ def build_synthetic(source: Any, out: str | Path, *, n_stickers: int = 1000, ima
     """Build a synthetic dataset in ``out`` (``source`` is ignored).
 
     With ``images``, PNGs go to ``out/images/<id>.png``; without, the ``embedding`` and
-    ``ocr_text`` columns stand in for them. Users are simulated (``n_users`` defaults to
+    ``ocr_text`` columns stand in for them. Users are simulated (``n_users`` 0 or unset:
     n_stickers // 40, clamped to 100..12,568); ``simulator`` holds overrides.
     """
     root = Path(out)
@@ -402,6 +404,8 @@ def build_synthetic(source: Any, out: str | Path, *, n_stickers: int = 1000, ima
                                           ocr_noise, rng)
         emb = style_embeddings(stickers["gt_style"], embedding_dim, embedding_noise, seed)
         stickers["embedding"] = list(emb)
+    if isinstance(simulator, dict) and not simulator.get("n_users", 1):
+        simulator = {k: v for k, v in simulator.items() if k != "n_users"}  # 0 = automatic
     cfg = simulator_config(simulator, n_users=_auto_users(n_stickers), seed=seed,
                            group_col="gt_style", topic_col="gt_topic")
     qlists = {c: q for c, (_, q) in vocab.items()}

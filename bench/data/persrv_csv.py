@@ -1,0 +1,304 @@
+"""The PerSRV reference input format: interactions CSV ``uid,query,docid`` + sticker JSON lines.
+
+Real users, no simulation. The interactions CSV may carry a ``timestamp``/``ts``/``time`` column
+(integers are used as they are, fractional numbers and dates become milliseconds); without one,
+row order is time. The metadata file holds one JSON object per line with ``docid`` (or ``id``)
+and fields mapped as ``paddleocr -> ocr_text``, ``llava34b_image_desc -> description``,
+``clip_cn_embedding -> embedding`` (float32 list), ``filepath -> image`` (linked or copied into
+the dataset when the file exists, relative to the JSON-lines file), ``raw_queries ->
+gt_raw_queries`` (it may hold queries of every split, so retrievers must not see it). Other
+fields are kept: numbers as numeric columns (``clicks_per_doc`` ...), strings as text, lists and
+objects as JSON text. This module also holds the strict CSV reader and ``link_or_copy`` that the
+other source builders share.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.data.format import Dataset, languages_of, write_dataset
+from bench.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+FIELD_MAP = {"paddleocr": "ocr_text", "llava34b_image_desc": "description",
+             "clip_cn_embedding": "embedding", "filepath": "image",
+             "raw_queries": "gt_raw_queries"}
+ID_FIELDS = ("docid", "id", "sticker_id")
+TIME_COLUMNS = ("timestamp", "ts", "time")
+
+
+# ------------------------------------------------------------------------------- shared readers
+
+def decode_utf8(data: bytes, file: str | Path) -> str:
+    """``data`` as text (a UTF-8 BOM is dropped); non-UTF-8 raises naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
+                           "re-save the file as UTF-8", file=str(file), row=line) from None
+
+
+def read_csv_rows(path: str | Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and ``(line number, row dict)`` pairs of a UTF-8 RFC 4180 CSV, validated.
+
+    Row numbers in errors are line numbers of the file (the header is line 1). Raises
+    :class:`DatasetError` for a missing file, non-UTF-8 bytes, broken quoting, a missing
+    required column or a row with the wrong number of fields. Blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError("file is missing", file=str(path))
+    reader = csv.reader(io.StringIO(decode_utf8(path.read_bytes(), path), newline=""), strict=True)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DatasetError("file is empty (expected a header line)", file=str(path)) from None
+    except csv.Error as exc:
+        raise DatasetError(f"malformed CSV ({exc})", file=str(path), row=1) from None
+    for col in required:
+        if col not in header:
+            raise DatasetError(f"required column is missing (header: {', '.join(header)})",
+                               file=str(path), row=1, column=col)
+    rows = []
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DatasetError(f"malformed CSV ({exc})", file=str(path),
+                               row=reader.line_num) from None
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            col = header[len(fields)] if len(fields) < len(header) else None
+            raise DatasetError(f"expected {len(header)} fields ({', '.join(header)}), got "
+                               f"{len(fields)} (row = line number in the file)", file=str(path),
+                               row=reader.line_num, column=col)
+        rows.append((reader.line_num, dict(zip(header, fields))))
+    return header, rows
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst``; returns "copy".
+
+    Never a hard link: the copy must not share an inode with the (read-only) source data, which
+    an in-place write to the built dataset would otherwise change.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if os.path.samefile(src, dst):
+            return "link"
+        dst.unlink()
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
+def check_out_dir(source: Path, out: Path) -> None:
+    """Refuse to build into the source folder (or a folder holding it)."""
+    s, o = source.resolve(), out.resolve()
+    if o == s or o in s.parents:
+        raise ConfigError(f"output directory {out} would overwrite the source {source}; "
+                          "choose another --out")
+
+
+# ------------------------------------------------------------------------------------ JSON lines
+
+def _embedding(value: Any, file: str, line: int, field: str, dim: int | None) -> np.ndarray:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    ok = isinstance(value, list) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise DatasetError(f"expected a non-empty list of numbers, got {str(value)[:60]!r}",
+                           file=file, row=line, column=field)
+    if dim is not None and len(value) != dim:
+        raise DatasetError(f"embedding has {len(value)} dimensions, earlier lines have {dim}",
+                           file=file, row=line, column=field)
+    return np.asarray(value, dtype=np.float32)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def read_sticker_jsonl(path: str | Path, out: Path, images: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Sticker table from a PerSRV metadata JSON-lines file (errors name file, line, field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError("sticker metadata file is missing", file=str(path))
+    image_root = Path(images) if images else path.parent
+    file, records, first_line = str(path), [], {}
+    counts = {"missing_images": 0, "images_linked": 0, "images_copied": 0}
+    dim = None
+    for line, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                               f"{exc.start} of the line); re-save the file as UTF-8",
+                               file=file, row=line) from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"malformed JSON ({exc.msg} at character {exc.pos})", file=file,
+                               row=line) from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"expected a JSON object, got {type(obj).__name__}", file=file,
+                               row=line)
+        key = next((k for k in ID_FIELDS if obj.get(k) not in (None, "")), None)
+        if key is None:
+            raise DatasetError("sticker has no id (expected one of: " + ", ".join(ID_FIELDS) + ")",
+                               file=file, row=line, column=ID_FIELDS[0])
+        sid = str(obj[key])
+        if sid in first_line:
+            raise DatasetError(f"duplicate sticker id {sid!r} (first on line {first_line[sid]})",
+                               file=file, row=line, column=key)
+        first_line[sid] = line
+        rec: dict[str, Any] = {"sticker_id": sid, "image": None}
+        for name, value in obj.items():
+            if name in ID_FIELDS:
+                continue
+            target = FIELD_MAP.get(name, name)
+            if target == "embedding":
+                if value is not None:
+                    rec[target] = _embedding(value, file, line, name, dim)
+                    dim = len(rec[target])
+            elif target == "image":
+                rel = _text(value)
+                src = image_root / rel if rel else None
+                if src is not None and src.is_file():
+                    dest = Path("images", *[p for p in PurePosixPath(rel.replace("\\", "/")).parts
+                                             if p not in ("/", ".", "..")])
+                    counts["images_" + ("linked" if link_or_copy(src, out / dest) == "link"
+                                        else "copied")] += 1
+                    rec["image"] = dest.as_posix()
+                else:
+                    counts["missing_images"] += 1
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                rec[target] = value
+            else:
+                rec[target] = value if isinstance(value, bool) else _text(value)
+        records.append(rec)
+    if not records:
+        raise DatasetError("no sticker records", file=file)
+    df = pd.DataFrame.from_records(records)
+    for col in df.columns:
+        if col in ("sticker_id", "image", "embedding"):
+            continue
+        kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if str in kinds and len(kinds) > 1:  # mixed: keep everything as text
+            df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v))
+                                  else str(v)).astype(object)
+    if counts["missing_images"]:
+        log.warning("%s: %d stickers have no image file (image = None)", file,
+                    counts["missing_images"])
+    return df, counts
+
+
+# ------------------------------------------------------------------------------------ interactions
+
+def _timestamps(values: list[str], lines: list[int], file: str, col: str) -> tuple[np.ndarray, str]:
+    s = pd.Series(values, dtype=object)
+    num = pd.to_numeric(s, errors="coerce")
+    if num.notna().all():
+        if (num == np.floor(num)).all():
+            return num.astype("int64").to_numpy(), "as given"
+        return np.round(num.to_numpy() * 1000).astype("int64"), "milliseconds (from seconds)"
+    dt = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+    bad = dt.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"unreadable timestamp {values[i]!r} (expected a number or a date)",
+                           file=file, row=lines[i], column=col)
+    ms = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    return ms.astype("int64").to_numpy(), "milliseconds since epoch"
+
+
+def build_persrv_csv(source: str | Path, out: str | Path, *, stickers: str = "", images: str = "",
+                     timestamp_col: str = "", on_invalid: str = "error") -> Dataset:
+    """Build a dataset from PerSRV reference files: ``source`` = interactions CSV.
+
+    ``stickers``: the metadata JSON-lines file (without it, the corpus is the clicked docids,
+    without images or text). ``images``: folder that ``filepath`` is relative to (default: the
+    JSON-lines file's folder). ``on_invalid="skip"`` drops (and counts) clicks with an empty
+    field or an unknown docid instead of raising.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ConfigError(f"on_invalid = {on_invalid!r}: expected 'error' or 'skip'")
+    src, root = Path(source), Path(out)
+    check_out_dir(src.parent, root)
+    header, rows = read_csv_rows(src, ("uid", "query", "docid"))
+    tcol = timestamp_col or next((c for c in TIME_COLUMNS if c in header), "")
+    if tcol and tcol not in header:
+        raise DatasetError(f"timestamp column is missing (header: {', '.join(header)})",
+                           file=str(src), row=1, column=tcol)
+    st, counts = (read_sticker_jsonl(stickers, root, images or None) if stickers
+                  else (None, {}))
+    known = set(st["sticker_id"]) if st is not None else None
+    skipped = {"empty_field": 0, "unknown_docid": 0}
+    keep = []
+    for line, row in rows:
+        problem = next(((c, "empty value", "empty_field") for c in ("uid", "query", "docid")
+                        + ((tcol,) if tcol else ()) if not row[c].strip()), None)
+        if problem is None and known is not None and row["docid"].strip() not in known:
+            problem = ("docid", f"docid {row['docid']!r} is not in {stickers}", "unknown_docid")
+        if problem:
+            if on_invalid == "error":
+                raise DatasetError(f"{problem[1]}; use on_invalid=skip to drop and count such "
+                                   "rows", file=str(src), row=line, column=problem[0])
+            skipped[problem[2]] += 1
+            continue
+        keep.append((line, row))
+    if not keep:
+        raise DatasetError("no valid interaction rows", file=str(src))
+    lines = [ln for ln, _ in keep]
+    inter = pd.DataFrame({
+        "user_id": [r["uid"].strip() for _, r in keep],
+        "query": [r["query"].strip() for _, r in keep],
+        "sticker_id": [r["docid"].strip() for _, r in keep],
+    })
+    unit = "row order"
+    if tcol:
+        inter["ts"], unit = _timestamps([r[tcol].strip() for _, r in keep], lines, str(src), tcol)
+    else:
+        inter["ts"] = np.arange(len(inter), dtype=np.int64)
+    if st is None:
+        st = pd.DataFrame({"sticker_id": pd.unique(inter["sticker_id"]), "image": None})
+    if any(skipped.values()):
+        log.warning("%s: skipped %s", src, ", ".join(f"{k}={v}" for k, v in skipped.items() if v))
+    meta = {
+        "name": src.stem,
+        "version": "1",
+        "source": f"PerSRV reference format: {src}" + (f" + {stickers}" if stickers else ""),
+        "license": "unknown (see the source data)",
+        "languages": languages_of(inter["query"]) or ["en"],
+        "users": "real",
+        "ts_unit": unit,
+        "skipped": {k: v for k, v in skipped.items() if v},
+        "images": counts,
+        "builder_params": dict(stickers=str(stickers), images=str(images),
+                               timestamp_col=tcol, on_invalid=on_invalid),
+    }
+    return write_dataset(root, st, inter, meta)

@@ -1,0 +1,187 @@
+"""The seeded user simulator (bench/data/simulate.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.data.simulate import SimulatorConfig, simulate_clicks, simulator_config
+from bench.data.splits import click_groups, split_interactions
+from bench.errors import ConfigError, DatasetError
+
+STYLES = ["flat", "line", "3d"]
+TOPICS = {f"t{t}": [f"t{t} q{j}" for j in range(5)] for t in range(6)}
+
+
+def corpus(per_cell: int = 5):
+    rows = [{"sticker_id": f"{t}-{s}-{i}", "gt_style": s, "gt_topic": t}
+            for t in TOPICS for s in STYLES for i in range(per_cell)]
+    items = pd.DataFrame(rows)
+    return items, {r["sticker_id"]: TOPICS[r["gt_topic"]] for r in rows}
+
+
+def simulate(**kw):
+    items, queries = corpus()
+    cfg = SimulatorConfig(**{"n_users": 200, **kw})
+    return items, simulate_clicks(items, queries, cfg)
+
+
+def test_columns_types_and_user_count():
+    items, clicks = simulate()
+    assert list(clicks.columns) == ["user_id", "query", "sticker_id", "ts"]
+    assert clicks["ts"].dtype == np.int64
+    assert clicks["user_id"].nunique() == 200
+    assert set(clicks["sticker_id"]) <= set(items["sticker_id"])
+    # each query is one of the clicked item's own queries
+    topic = clicks["sticker_id"].str.split("-").str[0]
+    assert all(q.startswith(t + " ") for q, t in zip(clicks["query"], topic))
+    # time strictly increases within each user
+    assert (clicks.groupby("user_id")["ts"].diff().dropna() > 0).all()
+    stats = clicks.attrs["simulator_stats"]
+    assert stats["clicks"] == len(clicks) and stats["users"] == 200
+
+
+def test_same_seed_same_clicks_other_seed_differs():
+    _, a = simulate(seed=3)
+    _, b = simulate(seed=3)
+    _, c = simulate(seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+
+
+def test_every_user_has_enough_click_groups_for_splits():
+    _, clicks = simulate(min_groups_per_user=3, groups_per_user=5)
+    df = clicks.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    groups = pd.Series(click_groups(df)).groupby(df["user_id"]).max() + 1
+    assert (groups >= 3).mean() > 0.97  # only unresolved same-query neighbours may merge
+    splits = split_interactions(clicks)
+    assert splits.test["user_id"].nunique() >= 0.97 * 200
+    assert splits.validation["user_id"].nunique() >= 0.97 * 200
+
+
+def test_heldout_queries_never_in_history_but_in_test():
+    _, clicks = simulate(heldout_query_fraction=0.3, heldout_tail_groups=2)
+    held = set(clicks.attrs["heldout_queries"])
+    assert len(held) == 9  # 30% of 30 distinct strings
+    assert clicks.attrs["simulator_stats"]["history_fallback_groups"] == 0
+    splits = split_interactions(clicks)
+    assert not held & set(splits.train["query"])
+    assert splits.test["query"].isin(held).any()
+    unseen = ~splits.test["query"].isin(set(splits.train["query"]))
+    assert 0 < unseen.mean() < 1
+
+
+def test_style_preference_follows_concentration():
+    def top_style_share(alpha):
+        items, clicks = simulate(style_concentration=alpha, style_noise=0.0, n_users=300)
+        style = clicks["sticker_id"].map(dict(zip(items["sticker_id"], items["gt_style"])))
+        return style.groupby(clicks["user_id"]).agg(
+            lambda s: s.value_counts(normalize=True).iloc[0]).mean()
+    concentrated, diffuse = top_style_share(0.05), top_style_share(100.0)
+    assert concentrated > 0.9
+    assert diffuse < 0.65
+    assert concentrated > diffuse + 0.3
+
+
+def test_multi_click_groups_share_topic_and_query():
+    _, clicks = simulate(multi_click_prob=1.0, max_clicks_per_group=3, repeat_query_prob=0.0)
+    df = clicks.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    df["group"] = click_groups(df)
+    per_group = df.groupby(["user_id", "group"])
+    sizes = per_group["sticker_id"].nunique()
+    assert sizes.max() >= 2 and sizes.max() <= 3
+    assert (per_group["sticker_id"].size() == sizes).all()  # distinct stickers in a group
+    topics = per_group["sticker_id"].agg(lambda s: s.str.split("-").str[0].nunique())
+    assert (topics == 1).all()
+    test = split_interactions(clicks).test
+    assert (test.groupby(["user_id", "query"])["sticker_id"].nunique() > 1).any()
+
+
+def test_single_click_groups_when_multi_click_off():
+    _, clicks = simulate(multi_click_prob=0.0)
+    stats = clicks.attrs["simulator_stats"]
+    assert len(clicks) == stats["groups"] and stats["multi_click_groups"] == 0
+
+
+def test_repeats_reuse_earlier_query_and_sticker():
+    def reuse(p):
+        _, clicks = simulate(repeat_query_prob=p, multi_click_prob=0.0, seed=1)
+        return clicks.duplicated(["user_id", "query", "sticker_id"]).mean()
+    assert reuse(0.6) > reuse(0.0) + 0.2
+
+
+def test_zipf_popularity_concentrates_clicks():
+    def top_share(s):
+        _, clicks = simulate(popularity_zipf=s, style_concentration=50.0, topics_per_user=6)
+        return clicks["sticker_id"].value_counts(normalize=True).iloc[0]
+    assert top_share(2.0) > 3 * top_share(0.0)
+
+
+def test_items_without_queries_are_never_clicked():
+    items, queries = corpus()
+    silent = set(items["sticker_id"][::2])
+    queries = {k: ([] if k in silent else v) for k, v in queries.items()}
+    clicks = simulate_clicks(items, queries, SimulatorConfig(n_users=50))
+    assert not set(clicks["sticker_id"]) & silent
+    assert clicks.attrs["simulator_stats"]["items_without_queries"] == len(silent)
+
+
+def test_without_topic_column():
+    items, queries = corpus()
+    clicks = simulate_clicks(items.drop(columns="gt_topic"), queries,
+                             SimulatorConfig(n_users=20, topic_col=None))
+    assert clicks["user_id"].nunique() == 20
+
+
+def test_invalid_config_names_the_knob():
+    with pytest.raises(ConfigError, match="style_concentration"):
+        SimulatorConfig(style_concentration=0).validate()
+    with pytest.raises(ConfigError, match="groups_per_user"):
+        SimulatorConfig(groups_per_user=2, min_groups_per_user=3).validate()
+    with pytest.raises(ConfigError, match="unknown simulator parameter.*bogus"):
+        simulator_config({"bogus": 1})
+    assert simulator_config({"n_users": 5}, n_users=7, seed=2).n_users == 5
+
+
+def test_missing_columns_and_no_queries_raise():
+    items, queries = corpus()
+    with pytest.raises(DatasetError, match="gt_pack"):
+        simulate_clicks(items, queries, SimulatorConfig(group_col="gt_pack"))
+    with pytest.raises(DatasetError, match="no sticker has any query"):
+        simulate_clicks(items, {}, SimulatorConfig(n_users=3))
+
+
+def test_paper_scale_users_in_seconds():
+    n = 100_000
+    rng = np.random.default_rng(0)
+    topic = rng.integers(40, size=n)
+    qlists = [[f"c{t} q{j}" for j in range(5)] for t in range(40)]
+    items = pd.DataFrame({"sticker_id": [f"s{i}" for i in range(n)],
+                          "gt_style": rng.integers(6, size=n).astype(str), "gt_topic": topic})
+    queries = dict(zip(items["sticker_id"], (qlists[t] for t in topic)))
+    start = time.perf_counter()
+    clicks = simulate_clicks(items, queries, SimulatorConfig(n_users=12_568))
+    assert time.perf_counter() - start < 15
+    assert clicks["user_id"].nunique() == 12_568
+    assert 80_000 < len(clicks) < 200_000
+
+
+def test_user_chunks_and_fresh_query_lists(monkeypatch):
+    """Many user blocks give the same kind of output; a mapping that builds a new list per
+    lookup (so id() could be reused) still gives every item its own queries."""
+    import bench.data.simulate as sim
+
+    class Fresh(dict):
+        def get(self, key, default=None):
+            value = super().get(key, default)
+            return list(value) if value is not None else None
+
+    items, queries = corpus()
+    monkeypatch.setattr(sim, "_CHUNK_CELLS", 7)  # 2 users per block
+    clicks = simulate_clicks(items, Fresh(queries), SimulatorConfig(n_users=9, seed=5))
+    assert clicks["user_id"].nunique() == 9
+    topic = clicks["sticker_id"].str.split("-").str[0]
+    assert all(q.startswith(t + " ") for q, t in zip(clicks["query"], topic))

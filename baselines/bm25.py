@@ -206,8 +206,12 @@ class BM25Retriever:
         import bm25s
         import scipy.sparse as sp
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
-        vocab: dict[str, int] = {}
-        ids = [[vocab.setdefault(t, len(vocab)) for t in doc] for doc in docs]
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        codes, terms = pd.factorize(pd.Series([t for d in docs for t in d], dtype=object))
+        flat = codes.tolist()
+        ends = np.cumsum(lengths).tolist()
+        ids = [flat[a:e] for a, e in zip([0] + ends[:-1], ends)]
+        vocab = {t: i for i, t in enumerate(terms.tolist())}
         model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         model.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab),
                     create_empty_token=False, show_progress=False)

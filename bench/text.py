@@ -71,7 +71,9 @@ def _patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]:
     """(token, has-CJK, CJK-run splitter, single CJK char) patterns; built once (~0.1 s)."""
     marks = _ranges(c for c in range(sys.maxunicode + 1)
                     if unicodedata.category(chr(c))[0] == "M")
-    token = re.compile(f"[\\w{marks}]+|[{_EMOJI}]")
+    # Runs of \w, continued across combining marks (\w alone misses them: Devanagari, Thai);
+    # \w+ first, as one class holding every mark range scans ~2.5x slower.
+    token = re.compile(f"\\w+(?:[{marks}]+\\w*)*|[{_EMOJI}]")
     has_cjk = re.compile(f"[{_CJK}]")
     cjk_split = re.compile(f"([{_CJK}]+)")
     cjk_char = re.compile(f"[{_CJK}]")
@@ -139,10 +141,12 @@ class Tokenizer:
         return self.batch([text])[0]
 
     def batch(self, texts: Sequence[str | None]) -> list[list[str]]:
-        """Tokens of each text (None or NaN count as empty). Repeated texts are tokenized once."""
+        """Tokens of each text (None or NaN count as empty). Repeated texts are tokenized once;
+        every returned list is a fresh list."""
         token_re, has_cjk, _, _ = _patterns()
         norm = unicodedata.normalize
         lower = self.lowercase
+        stop = self._stop
         memo: dict[str, list[str]] = {}
         out: list[list[str]] = []
         for text in texts:
@@ -150,29 +154,24 @@ class Tokenizer:
                 out.append([])
                 continue
             toks = memo.get(text)
-            if toks is None:
+            if toks is not None:
+                out.append(toks.copy())
+                continue
+            if text.isascii():  # NFKC is the identity and casefold is lower
+                toks = token_re.findall(text.lower() if lower else text)
+            else:
                 s = norm("NFKC", text)
                 if lower:
                     s = s.casefold()
                 toks = token_re.findall(s)
                 if has_cjk.search(s) is not None:
                     toks = self._split_cjk(toks)
-                memo[text] = toks
+            if stop:
+                toks = [w for w in toks if w not in stop]
+            memo[text] = toks
             out.append(toks)
-        if self._stop:
-            stop = self._stop
-            filtered: dict[int, list[str]] = {}  # by id of the memo list: once per distinct text
-            kept = []
-            for toks in out:
-                f = filtered.get(id(toks))
-                if f is None:
-                    f = filtered[id(toks)] = [w for w in toks if w not in stop]
-                kept.append(f)
-            out = kept
         if self._stemmer is not None:
             out = self._stem_all(out)
-        else:
-            out = [list(t) for t in out]  # callers may mutate; never share memo lists
         return out
 
     # ---------------------------------------------------------------------------- internals

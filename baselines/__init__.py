@@ -1,9 +1,12 @@
 """Registered retrievers, one module each. Importing this package registers them all."""
 
+import importlib
+
 from baselines import bm25, dense_text, popularity, random  # noqa: F401
 
-try:  # PerSRV and dense CLIP land with the PerSRV issue
-    from baselines import persrv  # noqa: F401
-except ModuleNotFoundError as exc:
-    if exc.name != "baselines.persrv":
-        raise
+for _optional in ("persrv", "dense_clip"):  # land with the PerSRV issue
+    try:
+        importlib.import_module(f"baselines.{_optional}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"baselines.{_optional}":
+            raise

@@ -286,12 +286,11 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
         sub = folder / "retrievers" / spec.display
         try:
             result = evaluate_retriever(spec, view, requests, cfg, sub)
-        except BenchError:
-            raise
         except Exception as exc:  # one failing retriever must not lose the others' results
             log.error("retriever %s failed: %s", spec.display, exc)
             sub.mkdir(parents=True, exist_ok=True)
-            (sub / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            detail = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
+            (sub / "error.txt").write_text(detail + "\n", encoding="utf-8")
             result = RetrieverResult(spec.display, spec.name, dict(spec.params), {}, {}, 0.0, 0.0,
                                      folder=sub, error=f"{type(exc).__name__}: {exc}")
         outcome.results.append(result)

@@ -121,9 +121,17 @@ class Tracker:
                 self._client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         try:
-            return self._client.create_experiment(name)
+            return self._client.create_experiment(name, artifact_location=self._artifact_root(name))
         except Exception:  # created concurrently
             return self._client.get_experiment_by_name(name).experiment_id
+
+    def _artifact_root(self, experiment: str) -> str | None:
+        """Artifacts of a local SQLite store go beside the database file, not into the CWD."""
+        if not str(self.uri).startswith("sqlite:///"):
+            return None
+        db = Path(str(self.uri)[len("sqlite:///"):])
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+        return (db.resolve().parent / "mlruns" / safe).as_uri()
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None, reuse_env_run: bool = False) -> str | None:

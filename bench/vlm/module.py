@@ -97,7 +97,8 @@ class LlavaLoraModule(L.LightningModule):
         model_name_or_path: Hub id or local directory of a LLaVA-1.5 checkpoint (ignored when
             ``model`` is given or ``tiny`` is set).
         model, processor: an already-built ``LlavaForConditionalGeneration`` (without adapter)
-            and its ``LlavaProcessor``; both or neither.
+            and its ``LlavaProcessor`` (a model needs its processor, except with ``tiny``); a
+            processor alone is used with the model loaded from ``model_name_or_path``.
         tiny: build the tiny random LLaVA of :mod:`bench.vlm.tiny` (offline, CPU tests).
         revision: model revision for ``from_pretrained``.
         lora: add a new trainable LoRA adapter (ignored when ``adapter`` is given).
@@ -214,7 +215,7 @@ class LlavaLoraModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -223,6 +224,12 @@ class LlavaLoraModule(L.LightningModule):
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def on_fit_start(self) -> None:
+        # from_pretrained returns eval-mode modules and Lightning keeps modes as it finds them;
+        # HF activation checkpointing only runs in train mode (the frozen LLaVA-1.5 base has no
+        # active dropout, so this changes nothing else).
+        self.model.train()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -36,7 +36,7 @@ CHAT_TEMPLATE = (
 
 
 def _byte_alphabet() -> list[str]:
-    """GPT-2's byte -> printable character table (what ``ByteLevel`` pre-tokenizes to), byte order."""
+    """GPT-2's byte -> printable character table (what ``ByteLevel`` pre-tokenizes to)."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
                  + list(range(ord("\xae"), ord("\xff") + 1)))
     table, extra = {}, 0
@@ -99,7 +99,7 @@ def tiny_llava_config(vocab_size: int | None = None) -> Any:
 
 
 def build_tiny_model(seed: int = 0, dtype: Any = None):
-    """The tiny ``LlavaForConditionalGeneration`` with seeded random weights (global RNG untouched)."""
+    """The tiny ``LlavaForConditionalGeneration``, seeded random weights (global RNG untouched)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 

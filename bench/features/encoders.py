@@ -109,14 +109,20 @@ class OpenClipEncoder:
         self.model_name = model if isinstance(model, str) else type(model).__name__
         self.pretrained, self.device, self.batch_size = pretrained, device, int(batch_size)
         self.seed, self.cache_dir = seed, cache_dir
-        self._from_name = isinstance(model, str)
+        self._from_name, self._ready = isinstance(model, str), False
         self._model = None if isinstance(model, str) else model
         self._preprocess, self._tokenizer, self._model_id = preprocess, tokenizer, model_id
 
     def _load(self):
-        if self._model is not None:
+        if self._ready:
+            return self._model
+        if self._model is not None:  # a model object: use it where it is, or move it to device
             if self.device is None:
                 self.device = str(next(self._model.parameters()).device)
+            else:
+                self._model.to(self.device)
+            self._model.eval()
+            self._ready = True
             return self._model
         import open_clip
         import torch
@@ -134,7 +140,7 @@ class OpenClipEncoder:
                 "checkpoint file as pretrained=..., or pretrained=None for random weights; "
                 "model names: open_clip.list_models()") from None
         model.eval()
-        self._model, self._preprocess = model, preprocess
+        self._model, self._preprocess, self._ready = model, preprocess, True
         return model
 
     @property
@@ -250,13 +256,24 @@ class ChineseClipEncoder:
                         h.update(_file_signature(f).encode())
                 self._model_id = f"chinese-clip:{p.resolve()}:{h.hexdigest()[:16]}"
             else:
-                commit = getattr(self._load().config, "_commit_hash", None)
-                self._model_id = f"chinese-clip:{self.model_name}@{commit or self.revision or 'main'}"
+                commit = getattr(self._config(), "_commit_hash", None)
+                rev = commit or self.revision or "main"
+                self._model_id = f"chinese-clip:{self.model_name}@{rev}"
         return self._model_id
+
+    def _config(self):
+        if self._model is not None:
+            return self._model.config
+        from transformers import ChineseCLIPConfig
+        try:
+            return ChineseCLIPConfig.from_pretrained(self.model_name, revision=self.revision,
+                                                     local_files_only=self.local_files_only)
+        except Exception:
+            return self._load().config  # raises EncoderUnavailable with the full explanation
 
     @property
     def dim(self) -> int:
-        return int(self._load().config.projection_dim)
+        return int(self._config().projection_dim)
 
     def encode(self, images: list[Image.Image]) -> np.ndarray:
         import torch
@@ -343,7 +360,8 @@ class StyleStatsEncoder:
     @property
     def model_id(self) -> str:
         # weights apply in finalize (not cached): they are not part of the raw features' id
-        return f"style-stats-v{self.VERSION}:size{self.size}:eps{self.eps:g}:{'+'.join(self.blocks)}"
+        return (f"style-stats-v{self.VERSION}:size{self.size}:eps{self.eps:g}:"
+                f"{'+'.join(self.blocks)}")
 
     def to_array(self, image: Image.Image) -> np.ndarray:
         """RGBA float32 (size, size, 4) in [0, 1]: padded to a square (transparent), resized."""
@@ -398,6 +416,22 @@ def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dd = np.maximum(d, 1e-6)
     h = np.where(mx == r, ((g - b) / dd) % 6, np.where(mx == g, (b - r) / dd + 2, (r - g) / dd + 4))
     return np.where(d > 0, h / 6.0, 0.0), s, mx
+
+
+def _lbp_lut() -> np.ndarray:
+    """8-neighbour codes -> uniform LBP class: number of set bits if <= 2 transitions, else 9."""
+    lut = np.zeros(256, np.int64)
+    for code in range(256):
+        bits = [(code >> k) & 1 for k in range(8)]
+        transitions = sum(bits[k] != bits[k - 1] for k in range(8))
+        lut[code] = sum(bits) if transitions <= 2 else 9
+    return lut
+
+
+_LBP_LUT = _lbp_lut()
+#: gradient magnitude in half-steps of 1/255 (0..255) -> one of 8 bins
+_GRAD_LUT = np.searchsorted(np.array([1, 4, 12, 32, 80, 102, 255]), np.arange(256),
+                            side="right").astype(np.int64)
 
 
 def _row_hist(idx: np.ndarray, weights: np.ndarray, bins: int) -> np.ndarray:
@@ -463,11 +497,10 @@ def _style_blocks(x: np.ndarray, blocks: Sequence[str]) -> dict[str, np.ndarray]
     if need_grad:
         gy, gx = np.gradient(rgb, axis=(1, 2))
         mag = np.sqrt(gx ** 2 + gy ** 2).max(-1)
-    if "gradient" in blocks:
-        edges = np.array([0, 0.5, 2, 6, 16, 40, 51, 128, 1e9]) / 255.0
-        idx = np.clip(np.searchsorted(edges, mag, side="right") - 1, 0, len(edges) - 2)
-        out["gradient"] = _row_hist(idx.reshape(n, P), inner.reshape(n, P).astype(np.float64),
-                                    len(edges) - 1)
+    if "gradient" in blocks:  # bins (x/255): 0-0.5, 0.5-2, 2-6, 6-16, 16-40, 40-51, 51-128, 128+
+        q = np.minimum(mag * 510, 255).astype(np.uint8)  # half-steps of 1/255
+        out["gradient"] = _row_hist(_GRAD_LUT[q].reshape(n, P),
+                                    inner.reshape(n, P).astype(np.float64), 8)
     if "texture" in blocks:
         lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
         lap = np.abs(4 * lum - np.roll(lum, 1, 1) - np.roll(lum, -1, 1)
@@ -476,7 +509,8 @@ def _style_blocks(x: np.ndarray, blocks: Sequence[str]) -> dict[str, np.ndarray]
         rim = opaque & ~_erode(opaque, 2)
         out["texture"] = np.stack([
             _masked_mean(lap, inner), _masked_mean(strong, inner),
-            _masked_mean(dark, strong), (dark.reshape(n, P) * w).sum(1) / np.maximum(w.sum(1), 1e-9),
+            _masked_mean(dark, strong),
+            (dark.reshape(n, P) * w).sum(1) / np.maximum(w.sum(1), 1e-9),
             _masked_mean(dark, rim), _masked_mean(v, rim)], 1)
     if "saturation" in blocks:
         out["saturation"] = _whist(s.reshape(n, P), w, 8)
@@ -489,15 +523,15 @@ def _style_blocks(x: np.ndarray, blocks: Sequence[str]) -> dict[str, np.ndarray]
         c = lum[:, 1:-1, 1:-1]
         core = inner[:, 1:-1, 1:-1]
         offs = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
-        neigh = np.stack([lum[:, 1 + dy:S - 1 + dy, 1 + dx:S - 1 + dx] for dy, dx in offs], -1)
+        diffs = [lum[:, 1 + dy:S - 1 + dy, 1 + dx:S - 1 + dx] - c for dy, dx in offs]
+        weights = core.reshape(n, -1).astype(np.float64)
         hists = []
         for th in (4 / 255, 16 / 255):
-            for bits in (neigh - c[..., None] > th, c[..., None] - neigh > th):
-                ones = bits.sum(-1)
-                uniform = (bits != np.roll(bits, 1, -1)).sum(-1) <= 2
-                code = np.where(uniform, ones, 9)  # 0..8 uniform patterns, 9 the rest
-                hists.append(_row_hist(code.reshape(n, -1),
-                                       core.reshape(n, -1).astype(np.float64), 10))
+            for sign in (1, -1):
+                code = np.zeros(c.shape, np.uint8)
+                for k, d in enumerate(diffs):
+                    code |= ((sign * d) > th).astype(np.uint8) << k
+                hists.append(_row_hist(_LBP_LUT[code].reshape(n, -1), weights, 10))
         out["lbp"] = np.concatenate(hists, 1)
     if "palette" in blocks:
         q = (np.clip(rgb * 16, 0, 15.999).astype(np.int64) * np.array([256, 16, 1])).sum(-1)
@@ -545,7 +579,7 @@ class PrecomputedEncoder:
                         "use encode_frame(stickers)")
 
     def encode_frame(self, stickers: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-        """``(vectors (n, dim) float32, reasons)`` — reason "" or ``no_embedding``/``bad_length``."""
+        """``(vectors (n, dim) float32, reasons)``; reasons: "", no_embedding or bad_length."""
         if self.column not in stickers.columns:
             raise ConfigError(f"encoder 'precomputed': the stickers have no {self.column!r} "
                               f"column (columns: {', '.join(map(str, stickers.columns))})")

@@ -71,7 +71,7 @@ def _classify(exc: BaseException) -> str:
 
 
 def to_rgba(frame: Image.Image) -> Image.Image:
-    """Any Pillow mode as RGBA; palette transparency and LA alpha are kept, opaque modes get alpha 255."""
+    """Any Pillow mode as RGBA: palette transparency and LA alpha kept, opaque modes alpha 255."""
     if frame.mode == "RGBA":
         return frame
     if frame.mode == "P" and "transparency" in frame.info:
@@ -127,7 +127,7 @@ def _read_frames(p: Path, frames: int) -> list[Image.Image]:
 
 def load_frames_checked(path: str | os.PathLike | None, frames: int = 1
                         ) -> tuple[list[Image.Image] | None, str | None]:
-    """Up to ``frames`` distinct RGBA frames of a (possibly animated) image, or ``(None, reason)``."""
+    """Up to ``frames`` distinct RGBA frames of a (possibly animated) image, or (None, reason)."""
     p, reason = _problem(path)
     if reason is not None:
         return None, reason
@@ -155,7 +155,8 @@ def merge_frames(frames: list[Image.Image]) -> Image.Image:
 
 def load_rgba_checked(path: str | os.PathLike | None, frames: int = 1
                       ) -> tuple[Image.Image | None, str | None]:
-    """The raw RGBA image (alpha kept; ``frames`` > 1 stacks frames vertically), or ``(None, reason)``."""
+    """The raw RGBA image (alpha kept; ``frames`` > 1 stacks frames vertically), or
+    ``(None, reason)``."""
     fr, reason = load_frames_checked(path, frames)
     if fr is None:
         return None, reason

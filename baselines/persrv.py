@@ -1,0 +1,491 @@
+"""PerSRV (Chee et al., 2024) and its ablations as registered retrievers (DESIGN §7).
+
+``search`` = recall (multi-field BM25 + utility boost, top ``pool``: :mod:`bench.persrv.fields`,
+:mod:`bench.persrv.utility`) then the personalised re-rank toward the user's style clusters
+(:mod:`bench.persrv.personalization`), cut at k.
+
+Fields (each a BM25 field with its own statistics and boost): ``ocr`` <- column ``ocr_text``,
+``queries`` <- the distinct queries of the fitting clicks (``TrainView.clicks`` only, never a
+later split), ``description`` <- ``description`` (VLM), ``keywords`` <- ``keywords`` (VLM
+keywords/emotions; off by default, as in the reference), ``text`` <- every other text column of
+the dataset (``text``, ``title``, ...) joined. A field whose column is absent, or whose boost is 0,
+is not queried.
+
+Registered: ``persrv`` (full), ``persrv-no-personalization`` (BM25 + utility),
+``persrv-no-utility``, ``persrv-no-ocr``, ``persrv-no-queries``, ``persrv-no-description``,
+``persrv-bm25`` (multi-field BM25 only). They are one class with other defaults.
+
+For sweeps: ``fit`` keeps the index; :meth:`PerSRV.with_params` returns a retriever with some
+parameters changed that refits only what those parameters touch (clusters for cluster
+parameters, nothing for the re-rank weight/mode, the utility vector for utility parameters,
+the index only for tokenizer/BM25 parameters or a newly enabled field) and shares the recall
+cache whenever recall is unchanged. :meth:`PerSRV.recall` and :meth:`PerSRV.personalize` are the
+two halves of ``search``. Recall pools are cached per distinct query (and shared between
+retrievers with identical recall, e.g. ``persrv`` and ``persrv-no-personalization``, through a
+small per-process cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.data.format import text_columns
+from bench.errors import ConfigError
+from bench.persrv.fields import MultiFieldBM25
+from bench.persrv.personalization import (ClusterConfig, UserClusters, fit_user_clusters,
+                                          inverse_norms, rerank)
+from bench.persrv.utility import UtilityConfig, utility_boost, utility_values
+from bench.retrieval import Request, Run, TrainView, register
+from bench.text import CHINESE_MODES, Tokenizer
+
+log = logging.getLogger(__name__)
+
+#: PerSRV field -> the sticker column it reads ("queries" comes from the clicks).
+FIELD_COLUMNS = {"ocr": "ocr_text", "description": "description", "keywords": "keywords"}
+FIELD_BOOSTS = {"ocr": "ocr_boost", "queries": "queries_boost", "description": "desc_boost",
+                "keywords": "keywords_boost", "text": "text_boost"}
+INDEX_PARAMS = frozenset({"k1", "b", "k1_plus_one", "stem", "chinese"})
+UTILITY_PARAMS = frozenset({"utility", "utility_source", "utility_components", "utility_combine",
+                            "utility_normalize", "utility_factor", "utility_modifier",
+                            "utility_missing"})
+CLUSTER_PARAMS = frozenset({"personalization", "cluster_algorithm", "n_clusters",
+                            "min_cluster_size", "hdbscan_min_samples", "hdbscan_noise",
+                            "cluster_linkage", "gmm_covariance", "min_radius",
+                            "cluster_max_iter", "kmeans_impl", "seed"})
+#: Recall caches kept for reuse by other retrievers with identical recall (each holds the pools
+#: of every query it has seen: ~0.5 GB at paper scale).
+RECALL_CACHE_SIZE = 2
+_RECALL_CACHES: "OrderedDict[tuple, _RecallCache]" = OrderedDict()
+
+
+@dataclass
+class RecallPool:
+    """Recall results of distinct queries: ``ids`` (n, pool) int32 sticker rows (-1 padding),
+    ``scores`` (n, pool) float32 (-inf padding), best first; ``row_of[query]`` is its row."""
+
+    queries: list[str]
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self):
+        self.row_of = {q: i for i, q in enumerate(self.queries)}
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def rows(self, requests: Sequence[Request]) -> np.ndarray:
+        """Pool row of each request's query (KeyError for a query not in the pool)."""
+        return np.fromiter((self.row_of[r.query] for r in requests), dtype=np.int64,
+                           count=len(requests))
+
+
+class _RecallCache:
+    """Pools computed so far for one recall configuration: a list of pools + query index."""
+
+    def __init__(self):
+        self.pools: list[RecallPool] = []
+        self.where: dict[str, tuple[int, int]] = {}
+
+    def add(self, pool: RecallPool, repoint: bool = False) -> None:
+        """Keep ``pool``; with ``repoint`` its queries are looked up there from now on (and
+        pools no query points to any more are released)."""
+        n = len(self.pools)
+        self.pools.append(pool)
+        for q, i in pool.row_of.items():
+            if repoint:
+                self.where[q] = (n, i)
+            else:
+                self.where.setdefault(q, (n, i))
+        if repoint:
+            used = {p for p, _ in self.where.values()}
+            self.pools = [p if i in used else None for i, p in enumerate(self.pools)]
+
+
+def _cell_text(value: Any, sep: str = " ") -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return sep.join(str(v) for v in value if v is not None)
+    return str(value)
+
+
+def historical_queries(clicks: pd.DataFrame, sticker_ids: Sequence[str], sep: str = " ") -> list[str]:
+    """Per sticker, its distinct train-click queries joined (see baselines.bm25)."""
+    from baselines.bm25 import historical_queries as hq
+    return hq(clicks, sticker_ids, sep=sep)
+
+
+def _digest(array: np.ndarray | None) -> str | None:
+    if array is None:
+        return None
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+
+
+@register("persrv")
+class PerSRV:
+    """PerSRV: multi-field BM25 + sticker utility recall, re-ranked toward the user's style clusters.
+
+    Fields and boosts: ``ocr_boost`` (ocr_text), ``queries_boost`` (train-click queries),
+    ``desc_boost`` (VLM description), ``keywords_boost`` (VLM keywords), ``text_boost`` (every
+    other text column); 0 turns a field off. BM25: ``k1``, ``b``, ``k1_plus_one`` (Lucene <= 7
+    numerator), tokenizer ``stem`` and ``chinese``. ``pool``: recall depth re-ranked.
+    Utility (``utility`` on/off): ``utility_source`` (clicks | columns), ``utility_components``
+    ("popularity", "users", "queries", comma-separated), ``utility_combine``,
+    ``utility_normalize``, ``utility_factor``, ``utility_modifier``, ``utility_missing`` (see
+    :class:`bench.persrv.utility.UtilityConfig`). Personalization (``personalization`` on/off):
+    ``cluster_algorithm``, ``n_clusters``, ``min_cluster_size``, ``hdbscan_min_samples``,
+    ``hdbscan_noise``, ``cluster_linkage``, ``gmm_covariance``, ``min_radius``,
+    ``cluster_max_iter``, ``kmeans_impl`` (see :class:`~bench.persrv.personalization.ClusterConfig`),
+    ``rerank_weight`` and ``rerank_mode`` (multiply | sum). ``seed``: clustering randomness.
+    ``n_threads``: recall threads (default: available CPUs, at most 4).
+    """
+
+    name = "persrv"
+
+    def __init__(self, ocr_boost: float = 1.0, queries_boost: float = 0.5,
+                 desc_boost: float = 1.0, keywords_boost: float = 0.0, text_boost: float = 1.0,
+                 k1: float = 1.2, b: float = 0.75, k1_plus_one: bool = False,
+                 stem: str | None = None, chinese: str = "jieba", pool: int = 5000,
+                 utility: bool = True, utility_source: str = "clicks",
+                 utility_components: str = "popularity", utility_combine: str = "sum",
+                 utility_normalize: str = "none", utility_factor: float = 0.3,
+                 utility_modifier: str = "sqrt", utility_missing: float = 1.05,
+                 personalization: bool = True, cluster_algorithm: str = "kmeans",
+                 n_clusters: int = 5, min_cluster_size: int = 2,
+                 hdbscan_min_samples: int | None = None, hdbscan_noise: str = "singleton",
+                 cluster_linkage: str = "ward", gmm_covariance: str = "full",
+                 min_radius: float = 0.0, cluster_max_iter: int = 100,
+                 kmeans_impl: str = "batched", rerank_weight: float = 0.3,
+                 rerank_mode: str = "multiply", seed: int = 0, n_threads: int | None = None):
+        self.ocr_boost = ocr_boost
+        self.queries_boost = queries_boost
+        self.desc_boost = desc_boost
+        self.keywords_boost = keywords_boost
+        self.text_boost = text_boost
+        self.k1 = k1
+        self.b = b
+        self.k1_plus_one = k1_plus_one
+        self.stem = stem
+        self.chinese = chinese
+        self.pool = pool
+        self.utility = utility
+        self.utility_source = utility_source
+        self.utility_components = utility_components
+        self.utility_combine = utility_combine
+        self.utility_normalize = utility_normalize
+        self.utility_factor = utility_factor
+        self.utility_modifier = utility_modifier
+        self.utility_missing = utility_missing
+        self.personalization = personalization
+        self.cluster_algorithm = cluster_algorithm
+        self.n_clusters = n_clusters
+        self.min_cluster_size = min_cluster_size
+        self.hdbscan_min_samples = hdbscan_min_samples
+        self.hdbscan_noise = hdbscan_noise
+        self.cluster_linkage = cluster_linkage
+        self.gmm_covariance = gmm_covariance
+        self.min_radius = min_radius
+        self.cluster_max_iter = cluster_max_iter
+        self.kmeans_impl = kmeans_impl
+        self.rerank_weight = rerank_weight
+        self.rerank_mode = rerank_mode
+        self.seed = seed
+        self.n_threads = n_threads
+
+    # ------------------------------------------------------------------------ configuration
+    def param_names(self) -> list[str]:
+        return [n for n in inspect.signature(PerSRV.__init__).parameters if n != "self"]
+
+    def boosts(self) -> dict[str, float]:
+        """PerSRV field -> boost."""
+        return {f: float(getattr(self, p)) for f, p in FIELD_BOOSTS.items()}
+
+    def utility_config(self) -> UtilityConfig:
+        try:
+            return UtilityConfig(components=self.utility_components, combine=self.utility_combine,
+                                 normalize=self.utility_normalize, factor=self.utility_factor,
+                                 modifier=self.utility_modifier, missing=self.utility_missing,
+                                 source=self.utility_source)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+
+    def cluster_config(self) -> ClusterConfig:
+        try:
+            return ClusterConfig(algorithm=self.cluster_algorithm, n_clusters=int(self.n_clusters),
+                                 min_cluster_size=int(self.min_cluster_size),
+                                 min_samples=self.hdbscan_min_samples, noise=self.hdbscan_noise,
+                                 linkage=self.cluster_linkage,
+                                 covariance_type=self.gmm_covariance,
+                                 min_radius=float(self.min_radius),
+                                 max_iter=int(self.cluster_max_iter),
+                                 kmeans_impl=self.kmeans_impl, seed=int(self.seed))
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+
+    def _check_params(self) -> None:
+        if self.chinese not in CHINESE_MODES:
+            raise ConfigError(f"{self.name}: chinese must be one of {', '.join(CHINESE_MODES)}, "
+                              f"got {self.chinese!r}")
+        for f, boost in self.boosts().items():
+            if not np.isfinite(boost) or boost < 0:
+                raise ConfigError(f"{self.name}: {FIELD_BOOSTS[f]} must be >= 0, got {boost}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise ConfigError(f"{self.name}: need k1 >= 0 and 0 <= b <= 1 "
+                              f"(got k1={self.k1}, b={self.b})")
+        if int(self.pool) < 1:
+            raise ConfigError(f"{self.name}: pool must be >= 1, got {self.pool}")
+        if self.rerank_mode not in ("multiply", "sum"):
+            raise ConfigError(f"{self.name}: rerank_mode must be multiply or sum, "
+                              f"got {self.rerank_mode!r}")
+        self.utility_config()
+        self.cluster_config()
+
+    # ---------------------------------------------------------------------------------- fit
+    def fit(self, train: TrainView) -> "PerSRV":
+        self._check_params()
+        self.train_ = train
+        self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
+        self._fit_index(train)
+        self._fit_utility(train)
+        self._fit_clusters(train)
+        self._attach_recall_cache()
+        return self
+
+    def field_texts(self, train: TrainView) -> dict[str, list[str]]:
+        """The text of every PerSRV field present in ``train`` (one per sticker)."""
+        st = train.stickers
+        out: dict[str, list[str]] = {}
+        for f, col in FIELD_COLUMNS.items():
+            if col in st.columns:
+                out[f] = [_cell_text(v) for v in st[col].tolist()]
+        out["queries"] = historical_queries(train.clicks, train.sticker_ids)
+        other = [c for c in text_columns(st) if c not in FIELD_COLUMNS.values()]
+        if other:
+            cols = [[_cell_text(v) for v in st[c].tolist()] for c in other]
+            out["text"] = cols[0] if len(cols) == 1 else \
+                [" ".join(v for v in row if v) for row in zip(*cols)]
+        return out
+
+    def _fit_index(self, train: TrainView) -> None:
+        try:
+            tokenizer = Tokenizer(stem=self.stem, chinese=self.chinese)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+        texts = self.field_texts(train)
+        boosts = {f: b for f, b in self.boosts().items() if b > 0 and f in texts}
+        if not boosts:
+            log.warning("%s: no field to search (boosts %s, fields present: %s); every search "
+                        "returns nothing", self.name, self.boosts(), ", ".join(texts))
+        self.index_ = MultiFieldBM25(boosts, tokenizer=tokenizer, k1=self.k1, b=self.b,
+                                     k1_plus_one=self.k1_plus_one, n_threads=self.n_threads
+                                     ).fit({f: texts[f] for f in boosts})
+        self.n_stickers_ = len(train.stickers)
+
+    def _fit_utility(self, train: TrainView) -> None:
+        self.utility_values_ = None
+        self.doc_boost_ = None
+        if not self.utility:
+            return
+        cfg = self.utility_config()
+        try:
+            self.utility_values_ = utility_values(train.clicks, train.sticker_ids, cfg,
+                                                  stickers=train.stickers)
+            self.doc_boost_ = utility_boost(self.utility_values_, cfg).astype(np.float32)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+
+    def _fit_clusters(self, train: TrainView) -> None:
+        self.clusters_: UserClusters | None = None
+        self.inv_norms_ = None
+        if not self.personalization:
+            return
+        emb = train.embeddings
+        if emb is None:
+            log.warning("%s: the dataset has no image embeddings (features.embeddings not run?); "
+                        "personalization is disabled for this run", self.name)
+            return
+        emb = np.asarray(emb)
+        if emb.ndim != 2 or len(emb) != len(train.stickers):
+            raise ConfigError(f"{self.name}: embeddings have shape {emb.shape}, expected one row "
+                              f"per sticker ({len(train.stickers)})")
+        self.embeddings_ = emb
+        self.inv_norms_ = inverse_norms(emb)
+        clicks = train.clicks
+        rows = pd.Index(self.sticker_ids_.astype(str)).get_indexer(
+            clicks["sticker_id"].astype(str)) if len(clicks) else np.zeros(0, dtype=np.int64)
+        self.clusters_ = fit_user_clusters(clicks["user_id"].astype(str).tolist()
+                                           if len(clicks) else [], rows, emb,
+                                           self.cluster_config(), inv_norms=self.inv_norms_)
+
+    def _pool_width(self) -> int:
+        """The recall depth: ``pool``, at most the number of stickers."""
+        return max(1, min(int(self.pool), self.n_stickers_))
+
+    def _recall_signature(self) -> tuple:
+        idx = self.index_
+        fields = tuple(sorted((f, b, str(idx.count_keys_.get(f))) for f, b in idx.fields.items()))
+        if any(idx.count_keys_.get(f) is None for f in idx.fields):
+            fields = (("instance", id(idx)),)
+        return (fields, idx.k1, idx.b, idx.k1_plus_one, self._pool_width(), _digest(self.doc_boost_),
+                self.n_stickers_)
+
+    def _attach_recall_cache(self) -> None:
+        key = self._recall_signature()
+        cache = _RECALL_CACHES.get(key)
+        if cache is None:
+            cache = _RECALL_CACHES[key] = _RecallCache()
+        _RECALL_CACHES.move_to_end(key)
+        while len(_RECALL_CACHES) > RECALL_CACHE_SIZE:
+            _RECALL_CACHES.popitem(last=False)
+        self._recall = cache
+
+    def with_params(self, **params) -> "PerSRV":
+        """A retriever with ``params`` changed that reuses this one's fitted state where the
+        change allows (see the module doc). Works before fit too (then it only sets params)."""
+        names = set(self.param_names())
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}")
+        new = copy.copy(self)
+        for k, v in params.items():
+            setattr(new, k, v)
+        changed = {k for k, v in params.items() if getattr(self, k) != v}
+        if not hasattr(self, "index_") or not changed:
+            return new
+        new._check_params()
+        train = self.train_
+        if changed & INDEX_PARAMS:
+            return new.fit(train)
+        boost_params = set(FIELD_BOOSTS.values()) & changed
+        recall_changed = bool(boost_params or changed & UTILITY_PARAMS or "pool" in changed)
+        if boost_params:
+            texts_present = set(self.field_texts(train)) if any(
+                new.boosts()[f] > 0 and f not in self.index_.fields for f in FIELD_BOOSTS) \
+                else set()
+            needs = [f for f, b in new.boosts().items()
+                     if b > 0 and f not in self.index_.fields and f in texts_present]
+            if needs:
+                new._fit_index(train)
+            else:
+                new.index_ = self.index_.with_boosts(
+                    {f: b for f, b in new.boosts().items() if f in self.index_.fields})
+        if changed & UTILITY_PARAMS:
+            new._fit_utility(train)
+        if changed & CLUSTER_PARAMS:
+            new._fit_clusters(train)
+        if recall_changed:
+            new._attach_recall_cache()
+        return new
+
+    # ------------------------------------------------------------------------------ search
+    def _require_fit(self) -> None:
+        if not hasattr(self, "index_"):
+            raise RuntimeError(f"{self.name}: call fit(train) before search")
+
+    def recall(self, requests: Sequence[Request] | Sequence[str]) -> RecallPool:
+        """The recall pools (top ``pool`` by multi-field BM25 + utility) of the distinct queries
+        of ``requests`` (Request objects or query strings); computed once per query and cached."""
+        self._require_fit()
+        queries = list(dict.fromkeys(r.query if isinstance(r, Request) else str(r)
+                                     for r in requests))
+        cache = self._recall
+        missing = [q for q in queries if q not in cache.where]
+        if missing:
+            ids, scores = self.index_.search(missing, self._pool_width(), self.doc_boost_)
+            cache.add(RecallPool(missing, ids, scores))
+        homes = {cache.where[q][0] for q in queries}
+        if len(homes) == 1:
+            pool = cache.pools[next(iter(homes))]
+            if len(pool) == len(queries):
+                return pool
+        width = self._pool_width()
+        at = [cache.where[q] for q in queries]
+        ids = np.stack([cache.pools[p].ids[i] for p, i in at]) if queries else \
+            np.zeros((0, width), dtype=np.int32)
+        scores = np.stack([cache.pools[p].scores[i] for p, i in at]) if queries else \
+            np.zeros((0, width), dtype=np.float32)
+        merged = RecallPool(queries, ids, scores)
+        if queries:
+            cache.add(merged, repoint=True)
+        return merged
+
+    def personalize(self, pool: RecallPool, requests: Sequence[Request], k: int,
+                    clusters: UserClusters | None = None, weight: float | None = None,
+                    mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Re-rank each request's recall pool toward its user's clusters; the top ``k`` as
+        (sticker rows int32 (n, k) with -1 padding, scores float32 with -inf padding).
+        ``clusters``/``weight``/``mode`` default to the fitted clusters and the parameters; with
+        personalization off (or no embeddings) the pool's own top ``k``."""
+        self._require_fit()
+        requests = list(requests)
+        rows = pool.rows(requests)
+        k = max(0, int(k))
+        clusters = self.clusters_ if clusters is None else clusters
+        if clusters is None or not self.personalization:
+            width = min(k, pool.ids.shape[1])
+            ids = np.full((len(requests), k), -1, dtype=np.int32)
+            scores = np.full((len(requests), k), -np.inf, dtype=np.float32)
+            ids[:, :width] = pool.ids[rows, :width]
+            scores[:, :width] = pool.scores[rows, :width]
+            return ids, scores
+        users = clusters.user_index([r.user_id for r in requests])
+        return rerank(pool.ids, pool.scores, users, self.embeddings_, clusters,
+                      weight=self.rerank_weight if weight is None else weight,
+                      mode=self.rerank_mode if mode is None else mode, k=k, pool_row=rows,
+                      inv_norms=self.inv_norms_)
+
+    def to_run(self, requests: Sequence[Request], ids: np.ndarray, scores: np.ndarray) -> Run:
+        """A :class:`Run` from sticker-row results (padding dropped)."""
+        run = Run(name=self.name)
+        sids = self.sticker_ids_
+        for r, row_ids, row_scores in zip(requests, ids, scores):
+            ok = row_ids >= 0
+            run[r] = list(zip(sids[row_ids[ok]].tolist(), row_scores[ok].astype(float).tolist()))
+        return run
+
+    def search(self, requests: Sequence[Request], k: int) -> Run:
+        """Top ``k`` stickers per request (at most ``max(pool, k)`` recalled)."""
+        self._require_fit()
+        requests = list(requests)
+        if not requests:
+            return Run(name=self.name)
+        me = self if int(k) <= self._pool_width() or int(self.pool) >= self.n_stickers_ \
+            else self.with_params(pool=int(k))
+        pool = me.recall(requests)
+        ids, scores = me.personalize(pool, requests, int(k))
+        return self.to_run(requests, ids, scores)
+
+
+def _variant(name: str, doc: str, **defaults) -> type:
+    """A registered PerSRV subclass that differs only in parameter defaults."""
+    base = inspect.signature(PerSRV.__init__)
+    sig = base.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults
+                                   else p for p in base.parameters.values()])
+
+    def __init__(self, **params):
+        PerSRV.__init__(self, **{**defaults, **params})
+
+    __init__.__signature__ = sig
+    qual = "PerSRV_" + name.removeprefix("persrv-").replace("-", "_")
+    cls = type(qual, (PerSRV,), {"__init__": __init__, "__doc__": doc, "__module__": __name__,
+                                 "__qualname__": qual, "name": name})
+    return register(name)(cls)
+
+
+PerSRVNoPersonalization = _variant("persrv-no-personalization", "PerSRV without the personalised re-rank (BM25 fields + utility).", personalization=False)  # noqa: E501
+PerSRVNoUtility = _variant("persrv-no-utility", "PerSRV without the utility boost (BM25 fields + personalization).", utility=False)  # noqa: E501
+PerSRVNoOCR = _variant("persrv-no-ocr", "PerSRV without the OCR text field.", ocr_boost=0.0)
+PerSRVNoQueries = _variant("persrv-no-queries", "PerSRV without the historical-query field.", queries_boost=0.0)  # noqa: E501
+PerSRVNoDescription = _variant("persrv-no-description", "PerSRV without the VLM description field.", desc_boost=0.0)  # noqa: E501
+PerSRVBM25 = _variant("persrv-bm25", "PerSRV's multi-field BM25 alone (no utility, no personalization).", utility=False, personalization=False)  # noqa: E501

@@ -59,6 +59,8 @@ def cli(verbose: int, quiet: bool) -> None:
     for noisy in ("alembic", "mlflow", "urllib3", "jieba", "numba", "matplotlib", "PIL",
                   "sentence_transformers", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    if verbose < 2:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if quiet:
         os.environ["PERSRV_BENCH_QUIET"] = "1"
 

@@ -101,7 +101,7 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
     t0 = time.perf_counter()
     reqs = requests.requests
     with tqdm(total=len(reqs), desc=f"search {spec.display}", unit="req", leave=False,
-              disable=not log.isEnabledFor(logging.INFO)) as bar:
+              disable=None if log.isEnabledFor(logging.INFO) else True) as bar:
         for batch in iter_batches(reqs, cfg.batch_size):
             part = retriever.search(list(batch), cfg.depth)
             for req in batch:

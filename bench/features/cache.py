@@ -99,7 +99,8 @@ class FeatureCache:
         if todo:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(todo), desc=progress or key, unit="sticker",
-                       disable=progress is None or os.environ.get("PERSRV_BENCH_QUIET") == "1")
+                       disable=True if progress is None or os.environ.get("PERSRV_BENCH_QUIET") == "1"
+                       else None)  # None: no bar when stderr is not a terminal
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
                 rows = fn(chunk)

@@ -59,6 +59,7 @@ def prepare(cfg: ExperimentConfig):
     ds = resolve_dataset(cfg.dataset)
     splits = split_interactions(ds.interactions, SplitConfig(**cfg.split.model_dump()))
     requests = splits.requests(cfg.eval_split)
+    check_usable(ds, requests, cfg)  # before the (expensive) features
     stickers, embeddings, feature_report = attach_configured_features(ds, cfg.features)
     public = stickers[[c for c in stickers.columns if not c.startswith("gt_")]]
     from bench.features.cache import FeatureCache
@@ -68,22 +69,75 @@ def prepare(cfg: ExperimentConfig):
     return ds, splits, requests, view, feature_report
 
 
-def attach_configured_features(ds, features: dict[str, Any]):
-    """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
-    try:
-        from bench.features.extract import FeaturesConfig, attach_features
-    except ImportError:  # pragma: no cover - the features package is part of the harness
-        return ds.stickers, None, {}
+def check_usable(ds, requests, cfg: ExperimentConfig) -> None:
+    """A clear error for a dataset nothing can be evaluated on: no stickers, or no requests in
+    the evaluation split."""
+    from bench.data.format import INTERACTIONS_FILE, STICKERS_FILE
+    from bench.errors import DatasetError
+    root = ds.root if ds.root is not None else Path(ds.name)
+    if len(ds.stickers) == 0:
+        raise DatasetError(f"dataset {ds.name} has no stickers (an empty corpus): nothing to "
+                           "retrieve", file=str(root / STICKERS_FILE))
+    if len(requests) == 0:
+        need = cfg.split.min_train_groups + cfg.split.val_groups + cfg.split.test_groups
+        what = ("has no clicks" if len(ds.interactions) == 0 else
+                f"has no {cfg.eval_split} requests (users need at least {need} click-groups); "
+                "lower split.min_train_groups or use more data")
+        raise DatasetError(f"dataset {ds.name} {what}", file=str(root / INTERACTIONS_FILE))
+
+
+def features_config(features: dict[str, Any] | None):
+    """The validated ``features:`` section (a :class:`ConfigError` names the bad key)."""
     from pydantic import ValidationError
 
     from bench.errors import ConfigError
-    from bench.features.cache import FeatureCache
+    from bench.features.extract import FeaturesConfig
     try:
-        fcfg = FeaturesConfig.model_validate(features or {})
+        return FeaturesConfig.model_validate(features or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"features.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        # ``ocr: {psmm: 6}`` fails both union branches (bool, OcrConfig): name the deepest,
+        # an unknown key first, without pydantic's branch tags in the key
+        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden",
+                                                     -len(e["loc"])))
+        err = errors[0]
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"features.{loc}: {what}") from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    """A pydantic error-location entry naming a union branch (``bool``, ``OcrConfig``)."""
+    return isinstance(part, str) and (part in ("bool", "int", "float", "str", "none")
+                                      or part[:1].isupper() or "[" in part
+                                      or part.startswith("function-"))
+
+
+def attach_configured_features(ds, features: dict[str, Any]):
+    """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
+    try:
+        from bench.features.extract import attach_features
+    except ImportError:  # pragma: no cover - the features package is part of the harness
+        return ds.stickers, None, {}
+    from bench.features.cache import FeatureCache
+    fcfg = features_config(features)
     return attach_features(ds, fcfg, FeatureCache(fcfg.cache_dir))
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Fail before any expensive work on what the config alone shows is wrong: an unknown
+    retriever or retriever parameter (construction is cheap, DESIGN §5), a bad features key."""
+    from bench.retrieval import make_retriever
+    for i, spec in enumerate(cfg.retrievers):
+        try:
+            make_retriever(spec.name, spec.params)
+        except BenchError as exc:
+            raise type(exc)(f"retrievers.{i} ({spec.display}): {exc}") from None
+    features_config(cfg.features)
+
+
+#: Keys of the feature report logged with the parent run (what was missing, by reason).
+FEATURE_REPORT_PARAMS = ("ocr", "ocr_missing", "ocr_missing_by_reason", "encoder",
+                         "embed_missing", "embed_missing_by_reason")
 
 
 def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfig, folder: Path):
@@ -188,12 +242,23 @@ def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"
     cols = [metric_name("m_mrr", k) for k in (show_k or ks)]
     cols += [metric_name(m, kmax) for m in metrics if m != "m_mrr"]
     cols = [c for c in cols if c in table.columns]
+    main = metric_name("m_mrr", kmax)
+    full = table[(table["retriever"] == "persrv") & (table["status"] == "ok")]
+    ablate = len(full) == 1 and table["retriever"].str.startswith("persrv-").any()
     header = "| retriever | " + " | ".join(cols) + " | fit s | search s |"
-    sep = "|---|" + "---:|" * (len(cols) + 2)
+    if ablate:  # mark each PerSRV ablation against the full model
+        header += f" Δ {main} vs persrv |"
+    sep = "|---|" + "---:|" * (len(cols) + 2 + int(ablate))
     lines = [header, sep]
     for _, row in table.iterrows():
-        vals = " | ".join("failed" if row["status"] == "failed" else f"{row[c]:.4f}" for c in cols)
-        lines.append(f"| {row['retriever']} | {vals} | {row['fit_s']:.1f} | {row['search_s']:.1f} |")
+        failed = row["status"] == "failed"
+        vals = " | ".join("failed" if failed else f"{row[c]:.4f}" for c in cols)
+        line = f"| {row['retriever']} | {vals} | {row['fit_s']:.1f} | {row['search_s']:.1f} |"
+        if ablate:
+            is_variant = str(row["retriever"]).startswith("persrv-") and not failed
+            delta = row[main] - float(full[main].iloc[0])
+            line += f" {delta:+.4f} |" if is_variant else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -227,19 +292,17 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     """Run every configured retriever on the evaluation split and log everything (DESIGN §8)."""
     import yaml
 
+    from bench.data.format import write_json_atomic
     from bench.evaluate import write_qrels, write_users
     from bench.metrics import metric_name
     from bench.tracking import Tracker, check_reachable, git_commit, mask_credentials, \
         resolve_tracking_uri
 
+    check_config(cfg)  # before any expensive work
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
     if uri:
         check_reachable(uri)  # before any expensive work
-    ds, splits, requests, view, feature_report = prepare(cfg)
-    if len(requests) == 0:
-        raise BenchError(f"dataset {ds.name}: the {cfg.eval_split} split has no requests "
-                         f"(users need at least {cfg.split.min_train_groups + cfg.split.val_groups + cfg.split.test_groups} "
-                         "click-groups); lower split.min_train_groups or use more data")
+    ds, splits, requests, view, feature_report = prepare(cfg)  # errors if nothing to evaluate
     experiment = cfg.tracking.experiment or ds.name
     folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,6 +316,12 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     sample = history_sample(view, ds)
     if sample is not None:
         sample.to_parquet(folder / "history_sample.parquet", index=False)
+    # what was skipped or missing, kept with the results (and logged to the parent run)
+    data_report = {"dataset_skipped": dict(ds.skipped),
+                   "features": {k: (feature_report or {})[k] for k in FEATURE_REPORT_PARAMS
+                                if k in (feature_report or {})}}
+    write_json_atomic(folder / "data_report.json",
+                      {**data_report, "features": feature_report or {}})
 
     tracker = _safe_tracker(uri, echo)
     parent = None
@@ -273,8 +342,10 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
                 "split": splits.counts(),
                 "n_requests": len(requests),
                 "simulator": ds.meta.get("simulator") or {},
+                **data_report,
             })
             tracker.log_artifact(parent, folder / "config.yaml")
+            tracker.log_artifact(parent, folder / "data_report.json")
             (folder / "parent_run_id.txt").write_text(f"{parent}\n{mask_credentials(uri)}\n", encoding="utf-8")
         except Exception as exc:
             tracker, parent = _tracking_lost(exc, folder, echo)
@@ -282,6 +353,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     outcome = RunOutcome(folder=folder, parent_run_id=parent, experiment=experiment)
     echo(f"dataset {ds.name} ({ds.fingerprint}): {len(ds.stickers)} stickers, "
          f"{len(requests)} {cfg.eval_split} requests from {len(set(requests.users.values()))} users")
+    for line in _data_report_lines(data_report):
+        echo(f"  {line} (see {folder / 'data_report.json'})")
     for spec in cfg.retrievers:
         sub = folder / "retrievers" / spec.display
         try:
@@ -337,6 +410,21 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     echo(f"\nresults: {folder}" + (f"   (MLflow: {mask_credentials(uri)}, experiment "
                                    f"{experiment!r}, run {parent})" if parent else ""))
     return outcome
+
+
+def _data_report_lines(report: dict[str, Any]) -> list[str]:
+    """One line per kind of skipped or missing data (none when nothing was)."""
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items())
+    lines = []
+    if report.get("dataset_skipped"):
+        lines.append(f"skipped invalid clicks: {counts(report['dataset_skipped'])}")
+    feats = report.get("features") or {}
+    for what, key in (("OCR", "ocr"), ("embeddings", "embed")):
+        if feats.get(f"{key}_missing"):
+            lines.append(f"{what}: {feats[f'{key}_missing']} stickers without a usable image "
+                         f"({counts(feats.get(f'{key}_missing_by_reason') or {})})")
+    return lines
 
 
 def _report(cfg: ExperimentConfig, folder: Path, echo) -> None:

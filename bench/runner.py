@@ -114,11 +114,8 @@ def _is_union_tag(part: Any) -> bool:
 
 def attach_configured_features(ds, features: dict[str, Any]):
     """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
-    try:
-        from bench.features.extract import attach_features
-    except ImportError:  # pragma: no cover - the features package is part of the harness
-        return ds.stickers, None, {}
     from bench.features.cache import FeatureCache
+    from bench.features.extract import attach_features
     fcfg = features_config(features)
     return attach_features(ds, fcfg, FeatureCache(fcfg.cache_dir))
 
@@ -428,10 +425,7 @@ def _data_report_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _report(cfg: ExperimentConfig, folder: Path, echo) -> None:
-    try:
-        from bench.report import report_folder
-    except ImportError:
-        return
+    from bench.report import report_folder
     try:
         report_folder(folder, baseline=cfg.baseline, out=folder / "report")
     except Exception as exc:  # the report is an extra; never lose the run for it

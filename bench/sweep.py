@@ -24,7 +24,7 @@ path. Credentials in URLs are masked in every print, param and tag.
 **Trial budget.** ``n_trials`` is the total for the study over all workers, not per process:
 each worker asks for a new trial only while fewer than ``n_trials`` trials are finished
 (COMPLETE, FAIL or PRUNED, the states ``MaxTrialsCallback(n, states=...)`` counts) or running.
-The check and the ask happen under a lock (a file lock beside a journal/SQLite file, a
+The check and the ask happen under a lock (``flock`` on the journal or SQLite file, a
 PostgreSQL advisory lock, MySQL ``GET_LOCK``), so concurrent workers never overshoot —
 ``MaxTrialsCallback`` alone checks only after each trial and lets each extra worker run one
 more. Re-running with the same study name resumes the study (``load_if_exists``) and runs
@@ -119,7 +119,7 @@ class _NullLock:
 
 
 class _FileLock:
-    """An exclusive ``flock`` on a side file (local processes; most network file systems)."""
+    """An exclusive ``flock`` on a file, created if absent (processes on one machine)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -206,12 +206,12 @@ class StorageHandle:
         return "rdb", None, None
 
     def lock(self, purpose: str, study_name: str = "") -> Any:
+        """``flock`` on the journal / SQLite file itself (no side files; independent of the
+        journal's own lock and of SQLite's byte-range locks), or a database-held lock."""
         if self._engine is not None:
             return _DbLock(self._engine, f"persrv-bench:{purpose}:{study_name}")
         if self._lock_base is not None:
-            digest = hashlib.blake2b(study_name.encode(), digest_size=6).hexdigest()
-            return _FileLock(self._lock_base.with_name(
-                f"{self._lock_base.name}.persrv-{purpose}-{digest}.lock"))
+            return _FileLock(self._lock_base)
         return _NullLock()
 
     @property
@@ -262,8 +262,9 @@ def _mask(text: Any) -> str:
 # ---------------------------------------------------------------------------- the session
 
 def resolve_target(space: SearchSpace, cfg: ExperimentConfig) -> RetrieverSpec:
-    """The retriever a space tunes: a configured label, else a registered name (no base
-    params); without ``retriever:`` the config's only retriever, or the one labelled persrv."""
+    """The retriever a space tunes: a configured label, else the one configured retriever of that
+    registered name, else the registered name with no base params; without ``retriever:`` the
+    config's only retriever, or the one labelled persrv."""
     from bench.retrieval import registry
     labels = {s.display: s for s in cfg.retrievers}
     name = space.retriever
@@ -276,6 +277,9 @@ def resolve_target(space: SearchSpace, cfg: ExperimentConfig) -> RetrieverSpec:
                           f"retrievers ({', '.join(labels)}) or a registered retriever")
     if name in labels:
         return labels[name]
+    same = [s for s in cfg.retrievers if s.name == name]
+    if len(same) == 1:  # configured under another label: keep its base parameters
+        return same[0]
     if name in registry():
         return RetrieverSpec(name=name)
     raise ConfigError(f"{space.source}: retriever: {name!r} is neither a retriever of the "
@@ -569,8 +573,9 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
     elif isinstance(space, dict):
         space = parse_space(space)
     spec = resolve_target(space, cfg)
-    from bench.retrieval import get_retriever_class, param_specs
+    from bench.retrieval import get_retriever_class, make_retriever, param_specs
     space.check_names(spec.name, param_specs(get_retriever_class(spec.name)))
+    make_retriever(spec.name, dict(spec.params))  # the base parameters, before any work
     n_trials = n_trials or space.n_trials
     if not n_trials or n_trials < 1:
         raise ConfigError("the number of trials is missing: pass --n-trials N (or set n_trials "
@@ -691,6 +696,7 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
                          study_run_id=study_run.parent() if study_run else None, folder=folder,
                          base_fits=session.base_fits)
     with handle.lock("budget", study_name):
+        _fail_stale(study, ostorage, stale_after, echo)
         _, running = _counted(study)
         claim = None
         if running:
@@ -800,8 +806,7 @@ def _print_summary(result: SweepResult, echo) -> None:
     echo(f"\nstudy {result.study_name}: {sum(result.states.values())} trial(s) ({states}); this "
          f"worker ran {result.ran}")
     if result.best_trial is not None:
-        params = ", ".join(f"{k}={v}" for k, v in {**result.best_params,
-                                                   **_flat_features(result.best_features)}.items())
+        params = _show_params({**result.best_params, **_flat_features(result.best_features)})
         echo(f"best: trial {result.best_trial}, validation {result.objective} = "
              f"{result.best_value:.4f}  ({params})")
     if result.test_metrics:
@@ -813,6 +818,11 @@ def _print_summary(result: SweepResult, echo) -> None:
         echo(f"MLflow: experiment {result.experiment!r}, study run {result.study_run_id}")
     if result.folder:
         echo(f"files: {result.folder}")
+
+
+def _show_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())
 
 
 def _flat_features(features: dict[str, Any]) -> dict[str, Any]:
@@ -854,7 +864,7 @@ def _start_tracking(uri: str | None, experiment: str, study_name: str, handle: S
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
             db.parent.mkdir(parents=True, exist_ok=True)
-            lock = _FileLock(db.with_name(db.name + ".persrv-init.lock"))
+            lock = _FileLock(db)
         with lock:  # a fresh SQLite store is migrated by one process at a time
             tracker = Tracker(uri)
             tracker.client.search_experiments(max_results=1)
@@ -901,7 +911,7 @@ def _run_trial(study, trial, space: SearchSpace, session: SweepSession, tracker,
     else:
         study.tell(trial, state=TrialState.FAIL)
         state = "FAIL"
-    shown = ", ".join(f"{k}={v}" for k, v in {**rparams, **_flat_features(features)}.items())
+    shown = _show_params({**rparams, **_flat_features(features)})
     if error is None:
         try:
             best = study.best_trial

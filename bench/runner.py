@@ -434,18 +434,19 @@ def _report(cfg: ExperimentConfig, folder: Path, echo) -> None:
 
 
 def _safe_tracker(uri: str | None, echo):
-    from bench.tracking import Tracker
+    from bench.tracking import Tracker, mask_credentials
     try:
         return Tracker(uri)
     except Exception as exc:
-        echo(f"warning: MLflow unavailable ({type(exc).__name__}: {exc}); results are local only")
+        echo(f"warning: MLflow unavailable ({type(exc).__name__}: {mask_credentials(str(exc))}); "
+             "results are local only")
         return Tracker(None)
 
 
 def _tracking_lost(exc: Exception, folder: Path, echo):
-    from bench.tracking import Tracker
-    echo(f"warning: MLflow logging failed ({type(exc).__name__}: {exc}); continuing with local "
-         f"results only in {folder}")
+    from bench.tracking import Tracker, mask_credentials
+    echo(f"warning: MLflow logging failed ({type(exc).__name__}: {mask_credentials(str(exc))}); "
+         f"continuing with local results only in {folder}")
     return Tracker(None), None
 
 

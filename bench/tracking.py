@@ -18,8 +18,17 @@ from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
-_CRED_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<cred>[^/@\s]+)@")
+# user:password@ or user@. A password may hold raw "/" or "@" (not RFC 3986, but SQLAlchemy
+# accepts them): everything up to the token's last "@" is hidden. So is the ambiguous
+# "host:5000/x?mail=a@b" (over-masking is the safe side); "host:5000/x" without "@" is kept.
+_CRED_RE = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)"
+    r"(?P<cred>[^\s/@'\"<>:]*:[^\s'\"<>]*@|[^\s/@'\"<>:]+@)")
 _QUERY_SECRET_RE = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key)=)[^&\s]+")
+#: Parameter names whose values are secrets whatever they look like.
+_SECRET_NAME_RE = re.compile(r"(?i)^token$|(?:^|[._-])(?:password|passwd|secret|secret_key|"
+                             r"api_key|apikey|access_key|access_token|auth_token|api_token|"
+                             r"hf_token|credentials)$")
 
 
 class TrackingError(BenchError):
@@ -88,6 +97,8 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             text = value if isinstance(value, str) else repr(value) if not isinstance(
                 value, (int, float, bool, type(None))) else str(value)
+            if value is not None and value != "" and _SECRET_NAME_RE.search(str(key)):
+                text = "***"
             out[name] = mask_credentials(text)[:6000]
     return out
 

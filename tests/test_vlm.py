@@ -334,11 +334,11 @@ def test_train_vlm_logs_mlflow_run_with_loss_history_and_adapter(vlm_dataset, tm
     assert answers["description"].iloc[1] == ""
 
     # checkpoints hold the adapter only; the export is the best checkpoint's adapter
-    ckpt = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
     assert len(ckpt["state_dict"]) == 8 and all("lora_" in k for k in ckpt["state_dict"])
     from safetensors.torch import load_file
     exported = load_file(str(Path(result["adapter_dir"]) / "adapter_model.safetensors"))
-    best = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
     for name, tensor in exported.items():
         match = [v for k, v in best["state_dict"].items()
                  if k.replace(".default.", ".").endswith(name.replace("base_model.model.", ""))]

@@ -84,6 +84,9 @@ def build_sticker_queries(source: str | Path, out: str | Path, *, images: str = 
     if pack_digits < 0:
         raise ConfigError(f"pack_digits = {pack_digits}: expected >= 0")
     _, rows = read_csv_rows(path, ("sticker_id", "labeled_queries"))
+    if not rows:
+        raise DatasetError("no sticker rows (the file has only a header): an empty corpus",
+                           file=str(path))
     image_dir = Path(images) if images else None
     if image_dir is not None and not image_dir.is_dir():
         raise DatasetError("image folder does not exist", file=str(image_dir))

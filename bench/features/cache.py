@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 CACHE_ENV = "PERSRV_BENCH_CACHE"
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -56,10 +59,27 @@ class FeatureCache:
 
     def load(self, key: str) -> pd.DataFrame | None:
         """Every cached row of an entry (column ``sticker_id`` + values), or None if empty."""
-        parts = self._parts(key)
-        if not parts:
+        frames = []
+        for p in self._parts(key):
+            try:
+                frame = pd.read_parquet(p)
+                if "sticker_id" not in frame.columns:
+                    raise ValueError("no sticker_id column")
+            except FileNotFoundError:  # renamed aside by a concurrent reader
+                continue
+            except Exception as exc:  # parts are written atomically; this one was damaged
+                # outside the harness (disk full, a torn copy): set it aside, recompute its rows
+                log.warning("feature cache: unreadable part %s (%s: %s); moved aside to "
+                            "%s.corrupt, its stickers will be recomputed", p,
+                            type(exc).__name__, exc, p.name)
+                try:
+                    os.replace(p, p.with_name(p.name + ".corrupt"))
+                except OSError:
+                    pass
+                continue
+            frames.append(frame)
+        if not frames:
             return None
-        frames = [pd.read_parquet(p) for p in parts]
         df = pd.concat(frames, ignore_index=True)
         return df.drop_duplicates("sticker_id", keep="last").reset_index(drop=True)
 

@@ -281,7 +281,7 @@ class LlavaLoraModule(L.LightningModule):
         """The adapter weights as peft names (``base_model.model....lora_A.default.weight``): from
         a Lightning checkpoint when given (it is full even under FSDP), else from the module."""
         if checkpoint_path is not None:
-            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
             state = ckpt["state_dict"]
         else:
             keep = self.trainable_parameter_names()

@@ -41,8 +41,8 @@ import pandas as pd
 from bench.data.format import text_columns
 from bench.errors import ConfigError
 from bench.persrv.fields import MultiFieldBM25
-from bench.persrv.personalization import (ClusterConfig, UserClusters, fit_user_clusters,
-                                          inverse_norms, rerank)
+from bench.persrv.personalization import (ClusterConfig, UserClusters, cluster_users,
+                                          inverse_norms, rerank, user_points)
 from bench.persrv.utility import UtilityConfig, utility_boost, utility_values
 from bench.retrieval import Request, Run, TrainView, register
 from bench.text import CHINESE_MODES, Tokenizer
@@ -148,7 +148,7 @@ class PerSRV:
     ``hdbscan_noise``, ``cluster_linkage``, ``gmm_covariance``, ``min_radius``,
     ``cluster_max_iter``, ``kmeans_impl`` (see :class:`~bench.persrv.personalization.ClusterConfig`),
     ``rerank_weight`` and ``rerank_mode`` (multiply | sum). ``seed``: clustering randomness.
-    ``n_threads``: recall threads (default: available CPUs, at most 4).
+    ``n_threads``: recall and re-rank threads (default: available CPUs, at most 4).
     """
 
     name = "persrv"
@@ -164,7 +164,7 @@ class PerSRV:
                  personalization: bool = True, cluster_algorithm: str = "kmeans",
                  n_clusters: int = 5, min_cluster_size: int = 2,
                  hdbscan_min_samples: int | None = None, hdbscan_noise: str = "singleton",
-                 cluster_linkage: str = "ward", gmm_covariance: str = "full",
+                 cluster_linkage: str = "ward", gmm_covariance: str = "diag",
                  min_radius: float = 0.0, cluster_max_iter: int = 100,
                  kmeans_impl: str = "batched", rerank_weight: float = 0.3,
                  rerank_mode: str = "multiply", seed: int = 0, n_threads: int | None = None):
@@ -255,6 +255,7 @@ class PerSRV:
     def fit(self, train: TrainView) -> "PerSRV":
         self._check_params()
         self.train_ = train
+        self.user_points_ = None  # points of the clusters: per TrainView, reused by with_params
         self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
         self._fit_index(train)
         self._fit_utility(train)
@@ -307,7 +308,6 @@ class PerSRV:
 
     def _fit_clusters(self, train: TrainView) -> None:
         self.clusters_: UserClusters | None = None
-        self.inv_norms_ = None
         if not self.personalization:
             return
         emb = train.embeddings
@@ -319,29 +319,34 @@ class PerSRV:
         if emb.ndim != 2 or len(emb) != len(train.stickers):
             raise ConfigError(f"{self.name}: embeddings have shape {emb.shape}, expected one row "
                               f"per sticker ({len(train.stickers)})")
-        self.embeddings_ = emb
-        self.inv_norms_ = inverse_norms(emb)
-        clicks = train.clicks
-        rows = pd.Index(self.sticker_ids_.astype(str)).get_indexer(
-            clicks["sticker_id"].astype(str)) if len(clicks) else np.zeros(0, dtype=np.int64)
-        self.clusters_ = fit_user_clusters(clicks["user_id"].astype(str).tolist()
-                                           if len(clicks) else [], rows, emb,
-                                           self.cluster_config(), inv_norms=self.inv_norms_)
+        if getattr(self, "user_points_", None) is None:  # kept by with_params copies
+            self.embeddings_ = emb
+            self.inv_norms_ = inverse_norms(emb)
+            clicks = train.clicks
+            rows = pd.Index(self.sticker_ids_.astype(str)).get_indexer(
+                clicks["sticker_id"].astype(str)) if len(clicks) else np.zeros(0, dtype=np.int64)
+            users = clicks["user_id"].astype(str).tolist() if len(clicks) else []
+            self.user_points_ = user_points(users, rows, emb, inv_norms=self.inv_norms_)
+        self.clusters_ = cluster_users(self.user_points_, self.cluster_config())
 
     def _pool_width(self) -> int:
         """The recall depth: ``pool``, at most the number of stickers."""
         return max(1, min(int(self.pool), self.n_stickers_))
 
-    def _recall_signature(self) -> tuple:
+    def _recall_signature(self) -> tuple | None:
+        """What determines the recall pools (None: not shareable between retrievers)."""
         idx = self.index_
-        fields = tuple(sorted((f, b, str(idx.count_keys_.get(f))) for f, b in idx.fields.items()))
         if any(idx.count_keys_.get(f) is None for f in idx.fields):
-            fields = (("instance", id(idx)),)
-        return (fields, idx.k1, idx.b, idx.k1_plus_one, self._pool_width(), _digest(self.doc_boost_),
-                self.n_stickers_)
+            return None
+        fields = tuple(sorted((f, b, str(idx.count_keys_[f])) for f, b in idx.fields.items()))
+        return (fields, idx.k1, idx.b, idx.k1_plus_one, str(idx.dtype), self._pool_width(),
+                _digest(self.doc_boost_), self.n_stickers_)
 
     def _attach_recall_cache(self) -> None:
         key = self._recall_signature()
+        if key is None:
+            self._recall = _RecallCache()
+            return
         cache = _RECALL_CACHES.get(key)
         if cache is None:
             cache = _RECALL_CACHES[key] = _RecallCache()
@@ -380,6 +385,10 @@ class PerSRV:
             else:
                 new.index_ = self.index_.with_boosts(
                     {f: b for f, b in new.boosts().items() if f in self.index_.fields})
+        if "n_threads" in changed and not boost_params:
+            new.index_ = new.index_.with_boosts({})
+        if "n_threads" in changed:
+            new.index_.n_threads = new.n_threads
         if changed & UTILITY_PARAMS:
             new._fit_utility(train)
         if changed & CLUSTER_PARAMS:
@@ -443,7 +452,7 @@ class PerSRV:
         return rerank(pool.ids, pool.scores, users, self.embeddings_, clusters,
                       weight=self.rerank_weight if weight is None else weight,
                       mode=self.rerank_mode if mode is None else mode, k=k, pool_row=rows,
-                      inv_norms=self.inv_norms_)
+                      inv_norms=self.inv_norms_, n_threads=self.n_threads)
 
     def to_run(self, requests: Sequence[Request], ids: np.ndarray, scores: np.ndarray) -> Run:
         """A :class:`Run` from sticker-row results (padding dropped)."""

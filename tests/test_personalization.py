@@ -204,8 +204,11 @@ def slow_rerank(pool_ids, pool_scores, users, emb, clusters, w, mode, k):
 
 
 @pytest.mark.parametrize("mode", ["multiply", "sum"])
-@pytest.mark.parametrize("weight,k", [(0.3, None), (0.3, 7), (1.5, 3), (-0.4, 10)])
-def test_vectorised_rerank_equals_slow_reference(mode, weight, k, monkeypatch):
+@pytest.mark.parametrize("weight,k,stage_one,shuffle", [
+    (0.3, None, 64, False), (0.3, 7, 2, False), (0.3, 7, 64, True), (1.5, 3, 2, True),
+    (-0.4, 10, 3, False), (-1.5, 5, 2, False)])
+def test_vectorised_rerank_equals_slow_reference(mode, weight, k, stage_one, shuffle, monkeypatch):
+    """Against a plain loop: full re-rank and top-k, both stages, pools in any order."""
     import bench.persrv.personalization as pers
     rng = np.random.default_rng(7)
     n_st, d, P, nq = 300, 5, 40, 25
@@ -217,23 +220,31 @@ def test_vectorised_rerank_equals_slow_reference(mode, weight, k, monkeypatch):
     pool_sc = np.sort(rng.gamma(2.0, 1.0, (nq, P)).astype(np.float32), axis=1)[:, ::-1].copy()
     pool_ids[3, 30:] = -1
     pool_sc[3, 30:] = -np.inf
+    if shuffle:  # correctness must not depend on the pool being sorted
+        perm = np.argsort(rng.random((nq, P)), axis=1)
+        pool_ids = np.take_along_axis(pool_ids, perm, axis=1)
+        pool_sc = np.take_along_axis(pool_sc, perm, axis=1)
     req_users = clusters.user_index([f"u{rng.integers(0, 12)}" for _ in range(nq)])
     assert (req_users == -1).any() and (req_users >= 0).any()
     kk = P if k is None else k
     want_ids, want_sc = slow_rerank(pool_ids, pool_sc, req_users, emb, clusters, weight, mode, kk)
     monkeypatch.setattr(pers, "BLOCK_FLOATS", 200)    # many small blocks
     monkeypatch.setattr(pers, "RERANK_CHUNK", 4)
+    monkeypatch.setattr(pers, "STAGE_ONE", stage_one)
     ids, sc = rerank(pool_ids, pool_sc, req_users, emb, clusters, weight=weight, mode=mode, k=k)
     assert ids.shape == (nq, kk)
-    assert ids.tolist() == want_ids.tolist()
-    assert np.allclose(sc, want_sc, rtol=1e-5)
+    # rows of users without clusters are the pool's first k: pools must come best first
+    rows = req_users >= 0 if shuffle else slice(None)
+    assert ids[rows].tolist() == want_ids[rows].tolist()
+    assert np.allclose(sc[rows], want_sc[rows], rtol=1e-5)
     # pool_row indirection: requests sharing pools
     prow = rng.integers(0, nq, 10)
     ids2, sc2 = rerank(pool_ids, pool_sc, req_users[:10], emb, clusters, weight=weight,
                        mode=mode, k=k, pool_row=prow, inv_norms=inverse_norms(emb))
     w_ids, _ = slow_rerank(pool_ids[prow], pool_sc[prow], req_users[:10], emb, clusters, weight,
                            mode, kk)
-    assert ids2.tolist() == w_ids.tolist()
+    rows = req_users[:10] >= 0 if shuffle else slice(None)
+    assert ids2[rows].tolist() == w_ids[rows].tolist()
 
 
 def test_rerank_rejects_bad_mode():

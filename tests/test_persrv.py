@@ -158,6 +158,7 @@ def test_recall_personalize_and_with_params_reuse_state():
     trial = base.with_params(n_clusters=1, rerank_weight=0.5)
     assert trial.index_ is base.index_ and trial._recall is base._recall
     assert trial.clusters_ is not base.clusters_ and base.n_clusters == 5
+    assert trial.user_points_ is base.user_points_              # points not re-gathered
     fresh = PerSRV(n_clusters=1, rerank_weight=0.5).fit(view)
     for r in reqs:
         got, want = trial.search([r], 5)[r], fresh.search([r], 5)[r]

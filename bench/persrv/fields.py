@@ -78,7 +78,7 @@ _SIGN = np.uint32(0x80000000)
 
 @dataclass
 class FieldCounts:
-    """Raw statistics of one field: ``tf`` (terms x stickers CSR of term counts, float64 data),
+    """Raw statistics of one field: ``tf`` (terms x stickers CSR of term counts, float32 data),
     ``dl`` (tokens per sticker), ``vocab`` (term -> row)."""
 
     tf: sp.csr_matrix
@@ -109,8 +109,9 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def tokenizer_key(tokenizer: Any) -> tuple:
-    """What identifies a tokenizer's output: its settings (bench.text.Tokenizer) or its identity."""
+def tokenizer_key(tokenizer: Any) -> tuple | None:
+    """What identifies a tokenizer's output: its settings (a bench.text.Tokenizer); None for
+    any other callable (not cached: an object id may be reused)."""
     attrs = ("lowercase", "stem", "chinese", "stopwords")
     if all(hasattr(tokenizer, a) for a in attrs):
         stop = tokenizer.stopwords
@@ -118,14 +119,15 @@ def tokenizer_key(tokenizer: Any) -> tuple:
             stop = tuple(sorted(stop))
         return (type(tokenizer).__qualname__, tokenizer.lowercase, tokenizer.stem,
                 tokenizer.chinese, stop)
-    return ("id", id(tokenizer))
+    return None
 
 
 def texts_digest(texts: Sequence[Any]) -> str:
     """A content hash of a list of texts (None/NaN and "" hash alike: both are empty)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(len(texts)).encode())
-    joined = "\x1e".join(t if isinstance(t, str) else "" for t in texts)
+    texts = [t if isinstance(t, str) else "" for t in texts]
+    h.update(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)).tobytes())
+    joined = "".join(texts)
     h.update(joined.encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
@@ -140,7 +142,7 @@ def count_terms(docs: Sequence[Sequence[str]]) -> FieldCounts:
     codes = np.fromiter((setdefault(t, len(vocab)) for d in docs for t in d),
                         dtype=np.int64, count=total)
     doc_of = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
-    tf = sp.csr_matrix((np.ones(total, dtype=np.float64), (codes, doc_of)),
+    tf = sp.csr_matrix((np.ones(total, dtype=np.float32), (codes, doc_of)),
                        shape=(len(vocab), n_docs))
     tf.sum_duplicates()
     return FieldCounts(tf=tf, dl=lengths, vocab=vocab)
@@ -148,7 +150,8 @@ def count_terms(docs: Sequence[Sequence[str]]) -> FieldCounts:
 
 def field_counts(texts: Sequence[Any], tokenizer: Callable, use_cache: bool = True) -> FieldCounts:
     """Tokenize and count one field's texts, through the per-process cache."""
-    key = (tokenizer_key(tokenizer), texts_digest(texts)) if use_cache else None
+    tok_key = tokenizer_key(tokenizer) if use_cache else None
+    key = (tok_key, texts_digest(texts)) if tok_key is not None else None
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -174,7 +177,7 @@ def bm25_weights(counts: FieldCounts, k1: float, b: float, k1_plus_one: bool = F
     df = counts.doc_freq.astype(np.float64)
     idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
     row = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
-    freq = tf.data
+    freq = tf.data.astype(np.float64)
     norm = k1 * (1.0 - b + b * counts.dl[tf.indices] / counts.avgdl)
     w = idf[row] * freq / (freq + norm)
     if k1_plus_one:

@@ -28,11 +28,19 @@ scikit-learn's ``KMeans`` per user instead. HDBSCAN, agglomerative and GMM run p
 **Re-rank** (:func:`rerank`). For a request of a user with clusters and a pooled sticker with
 unit embedding e, the centroids c whose radius covers it (``1 - cos(e, c) <= radius``) each give
 ``score * (1 + w cos(e, c))`` (``mode="multiply"``) or ``score + w cos(e, c)`` (``"sum"``); the best
-is kept; a sticker no centroid covers keeps its score. Only the top ``k`` is needed, so the
-re-rank scores only the pooled stickers that can reach it: a covered sticker has
-``cos >= 1 - max radius``, which bounds each new score between a lower and an upper bound; the
-k-th largest lower bound is a threshold no sticker whose upper bound is below it can reach. The
-result is exactly the top ``k`` of the fully re-ranked pool (ties by pool position).
+is kept; a sticker no centroid covers keeps its score. The result is exactly the top ``k`` of the
+fully re-ranked pool (ties by pool position), but only pooled stickers that can reach it are
+scored: a covered sticker has ``cos >= 1 - (user's largest radius)``, which bounds every new score
+between a lower and an upper bound. Candidates are the stickers whose upper bound reaches the
+k-th largest lower bound; the first ``STAGE_ONE`` of them per request are scored, the k-th best
+of those real scores raises the threshold, and only the remaining candidates whose upper bound
+reaches it are scored next. Pools must come best first (rows of users without clusters are
+returned as their first k).
+
+GMM notes: ``covariance_type`` defaults to ``"diag"`` — ``"full"`` fits d x d covariances
+(d = 512 for CLIP) from a handful of points, about 0.5 s per user (hours at paper scale) and
+dominated by the regulariser; ``reg_covar`` is 1e-4 (unit vectors have per-dimension variance
+~1/d).
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
+from bench.persrv.fields import n_threads as resolve_threads
 from bench.persrv.fields import pack_keys, unpack_keys
 
 log = logging.getLogger(__name__)
@@ -55,12 +65,18 @@ COVARIANCES = ("full", "diag", "spherical", "tied")
 NOISE = ("singleton", "drop")
 KMEANS_IMPLS = ("batched", "sklearn")
 MODES = ("multiply", "sum")
-#: Floats in one padded block (points or pooled embeddings): bounds working memory (~64 MB).
-BLOCK_FLOATS = 1 << 24
+#: Floats in one padded block of pooled embeddings (re-rank): 4 MB, cache-sized (2x faster
+#: than 64 MB blocks at paper scale).
+BLOCK_FLOATS = 1 << 20
+#: Floats in one padded block of user points (k-means): small enough to stay in cache over
+#: the Lloyd iterations (4 MB; 2x faster than 64 MB blocks).
+KMEANS_BLOCK_FLOATS = 1 << 20
 #: Tolerance of the coverage test ``1 - cos <= radius + COVER_EPS`` (float32 round-off).
 COVER_EPS = 1e-5
 #: Requests whose pools are bounded and thresholded at once in :func:`rerank`.
-RERANK_CHUNK = 1024
+RERANK_CHUNK = 512
+#: Candidates per request scored first, to raise the re-rank threshold (see :func:`rerank`).
+STAGE_ONE = 64
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,7 @@ class ClusterConfig:
     allow_single_cluster: bool = True
     noise: str = "singleton"
     linkage: str = "ward"
-    covariance_type: str = "full"
+    covariance_type: str = "diag"
     min_radius: float = 0.0
     max_iter: int = 100
     kmeans_impl: str = "batched"
@@ -147,6 +163,17 @@ class UserClusters:
 
 # ------------------------------------------------------------------------------------ helpers
 
+def single_threaded_blas():
+    """A context limiting BLAS to one thread: the many tiny batched products here run 2-4x
+    slower with OpenBLAS's own threads (threadpoolctl, a scikit-learn dependency)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def inverse_norms(embeddings: np.ndarray) -> np.ndarray:
     """1 / L2 norm of each row (float32; 0 for a zero row), to normalise gathered rows."""
     norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings, dtype=np.float64))
@@ -198,7 +225,7 @@ def kmeans_batched(points: np.ndarray, offsets: np.ndarray, n_clusters: int, key
     while start < len(order):
         pad = int(pads[start])
         same = int(np.searchsorted(pads, pad, side="right"))
-        per_block = max(1, BLOCK_FLOATS // (pad * max(d, K)))
+        per_block = max(1, KMEANS_BLOCK_FLOATS // (pad * max(d, K)))
         stop = min(same, start + per_block)
         users = order[start:stop]
         lab, init = _kmeans_block(points, offsets[users], sizes[users], pad, K, keys[users],
@@ -225,7 +252,13 @@ def _kmeans_block(points, starts, sizes, pad, K, keys, max_iter):
     first = np.minimum((_uniform(keys, 0) * sizes).astype(np.int64), sizes - 1)
     C[:, 0] = X[rows, first]
     valid[:, 0] = True
-    d2 = np.where(mask, ((X - C[:, :1]) ** 2).sum(-1), 0.0)
+    xx = np.einsum("bnd,bnd->bn", X, X)
+
+    def sq_dist(c):  # squared distances of every point to one centre per user: (B, pad)
+        return np.maximum(xx + np.einsum("bd,bd->b", c, c)[:, None]
+                          - 2.0 * np.matmul(X, c[:, :, None])[..., 0], 0.0)
+
+    d2 = np.where(mask, sq_dist(C[:, 0]), 0.0)
     for j in range(1, K):
         cs = np.cumsum(d2, axis=1, dtype=np.float64)
         total = cs[:, -1]
@@ -236,7 +269,7 @@ def _kmeans_block(points, starts, sizes, pad, K, keys, max_iter):
         valid[:, j] = ok
         if ok.any():
             d2 = np.where(ok[:, None] & mask,
-                          np.minimum(d2, ((X - C[:, j:j + 1]) ** 2).sum(-1)), d2)
+                          np.minimum(d2, sq_dist(C[:, j])), d2)
     init = [C[b, valid[b]].copy() for b in range(B)]
     prev = None
     for _ in range(max_iter):
@@ -292,51 +325,73 @@ def _labels_one(X: np.ndarray, cfg: ClusterConfig, seed: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- fitting
 
-def fit_user_clusters(user_ids_of_clicks: Sequence[str], embedding_rows_of_clicks: Sequence[int],
-                      embeddings: np.ndarray, cfg: ClusterConfig = ClusterConfig(),
-                      inv_norms: np.ndarray | None = None) -> UserClusters:
-    """Cluster each user's clicked-sticker embeddings (one entry per click: the user and the
-    clicked sticker's row in ``embeddings``; rows < 0 are ignored). ``inv_norms``: precomputed
-    :func:`inverse_norms` of ``embeddings`` (computed from the rows used otherwise)."""
+@dataclass
+class UserPoints:
+    """The points each user's clusters are fitted on: user u owns rows
+    ``offsets[u]:offsets[u + 1]`` of ``rows`` (distinct embedding rows, ascending) and ``X``
+    (their unit vectors, float32). ``user_ids``: users with fitting clicks, sorted."""
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    rows: np.ndarray
+    X: np.ndarray
+
+
+def user_points(user_ids_of_clicks: Sequence[str], embedding_rows_of_clicks: Sequence[int],
+                embeddings: np.ndarray, inv_norms: np.ndarray | None = None) -> UserPoints:
+    """Each user's distinct clicked stickers as unit vectors (one entry per click: the user and
+    the clicked sticker's row in ``embeddings``; rows < 0 are ignored). ``inv_norms``:
+    precomputed :func:`inverse_norms` of ``embeddings``."""
     users = np.asarray([str(u) for u in user_ids_of_clicks], dtype=object)
     rows = np.asarray(embedding_rows_of_clicks, dtype=np.int64).reshape(-1)
     if len(users) != len(rows):
         raise ValueError(f"{len(users)} user ids but {len(rows)} embedding rows")
     embeddings = np.asarray(embeddings)
-    d = embeddings.shape[1] if embeddings.ndim == 2 else 0
     keep = rows >= 0
     users, rows = users[keep], rows[keep]
     uniq_users, codes = np.unique(users, return_inverse=True) if len(users) else \
         (np.array([], dtype=object), np.array([], dtype=np.int64))
-    n_users = len(uniq_users)
-    pair = np.unique(codes.astype(np.int64) * max(len(embeddings), 1) + rows)
-    p_user = pair // max(len(embeddings), 1)
-    p_row = pair % max(len(embeddings), 1)
-    point_offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(p_user, minlength=n_users), out=point_offsets[1:])
+    n_users, n_emb = len(uniq_users), max(len(embeddings), 1)
+    pair = np.unique(codes.astype(np.int64) * n_emb + rows)
+    p_user, p_row = pair // n_emb, pair % n_emb
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(p_user, minlength=n_users), out=offsets[1:])
     X = embeddings[p_row].astype(np.float32, copy=True)
-    inv = inv_norms[p_row] if inv_norms is not None else inverse_norms(X)
-    X *= inv[:, None]
-    sizes = np.diff(point_offsets)
+    X *= (inv_norms[p_row] if inv_norms is not None else inverse_norms(X))[:, None]
+    return UserPoints(user_ids=uniq_users, offsets=offsets, rows=p_row, X=X)
+
+
+def cluster_users(points: UserPoints, cfg: ClusterConfig = ClusterConfig()) -> UserClusters:
+    """Cluster every user's points (see the module doc)."""
+    X, offsets, users = points.X, points.offsets, points.user_ids
+    sizes = np.diff(offsets)
     if cfg.algorithm == "kmeans" and cfg.kmeans_impl == "batched":
-        labels = kmeans_batched(X, point_offsets, cfg.n_clusters, user_keys(uniq_users, cfg.seed),
-                                cfg.max_iter)
+        with single_threaded_blas():
+            labels = kmeans_batched(X, offsets, cfg.n_clusters, user_keys(users, cfg.seed),
+                                    cfg.max_iter)
     else:
         labels = np.zeros(len(X), dtype=np.int64)
-        seeds = (user_keys(uniq_users, cfg.seed) >> np.uint64(33)).astype(np.int64)
+        seeds = (user_keys(users, cfg.seed) >> np.uint64(33)).astype(np.int64)
         for u in np.flatnonzero(sizes > 1).tolist():
-            a, e = point_offsets[u], point_offsets[u + 1]
+            a, e = offsets[u], offsets[u + 1]
             labels[a:e] = _labels_one(X[a:e], cfg, int(seeds[u]))
-    return clusters_from_labels(uniq_users, point_offsets, X, labels, cfg, d)
+    return clusters_from_labels(users, offsets, X, labels, cfg)
+
+
+def fit_user_clusters(user_ids_of_clicks: Sequence[str], embedding_rows_of_clicks: Sequence[int],
+                      embeddings: np.ndarray, cfg: ClusterConfig = ClusterConfig(),
+                      inv_norms: np.ndarray | None = None) -> UserClusters:
+    """Cluster each user's clicked-sticker embeddings: :func:`user_points` then
+    :func:`cluster_users` (keep the points to re-cluster with other settings cheaply)."""
+    return cluster_users(user_points(user_ids_of_clicks, embedding_rows_of_clicks, embeddings,
+                                     inv_norms), cfg)
 
 
 def clusters_from_labels(user_ids: np.ndarray, point_offsets: np.ndarray, X: np.ndarray,
-                         labels: np.ndarray, cfg: ClusterConfig, dim: int | None = None
-                         ) -> UserClusters:
+                         labels: np.ndarray, cfg: ClusterConfig) -> UserClusters:
     """Centroids (unit mean of members), radii (largest member cosine distance, at least
     ``cfg.min_radius``) and sizes from per-point labels (-1 = noise, per ``cfg.noise``)."""
     n_users = len(user_ids)
-    dim = X.shape[1] if dim is None else dim
     p_user = np.repeat(np.arange(n_users), np.diff(point_offsets))
     labels = np.asarray(labels, dtype=np.int64).copy()
     keep = np.ones(len(labels), dtype=bool)
@@ -350,18 +405,19 @@ def clusters_from_labels(user_ids: np.ndarray, point_offsets: np.ndarray, X: np.
     key = p_user[keep] * stride + labels[keep]
     uniq, cl = np.unique(key, return_inverse=True)
     n_cl = len(uniq)
-    by_cl = np.argsort(cl, kind="stable")
-    Xk = X[keep][by_cl]
-    cl = cl[by_cl]
+    Xk = X if keep.all() else X[keep]
+    member = sp.csr_matrix((np.ones(len(cl), np.float32), (cl, np.arange(len(cl)))),
+                           shape=(n_cl, len(cl)))
     sizes = np.bincount(cl, minlength=n_cl)
-    firsts = np.cumsum(sizes) - sizes
-    sums = np.add.reduceat(Xk.astype(np.float64), firsts, axis=0) if n_cl else \
-        np.zeros((0, dim))
-    norms = np.linalg.norm(sums, axis=1)
-    centroids = np.where(norms[:, None] > 0, sums / np.maximum(norms, 1e-300)[:, None], 0.0)
-    centroids = centroids.astype(np.float32)
-    dist = 1.0 - np.einsum("ij,ij->i", Xk.astype(np.float64), centroids[cl].astype(np.float64))
-    radii = np.maximum.reduceat(dist, firsts) if n_cl else np.zeros(0)
+    sums = np.asarray(member @ Xk, dtype=np.float32)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    centroids = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+    dots = np.empty(len(cl), dtype=np.float64)
+    for a in range(0, len(cl), 1 << 14):  # chunked: no (points x dim) gathered copy
+        b = min(len(cl), a + (1 << 14))
+        dots[a:b] = np.einsum("ij,ij->i", Xk[a:b], centroids[cl[a:b]])
+    radii = np.full(n_cl, -np.inf)
+    np.maximum.at(radii, cl, 1.0 - dots)
     radii[sizes == 1] = 0.0  # the centroid is the member itself (round-off aside)
     radii = np.maximum(np.maximum(radii, 0.0), cfg.min_radius).astype(np.float32)
     offsets = np.zeros(n_users + 1, dtype=np.int64)
@@ -373,21 +429,65 @@ def clusters_from_labels(user_ids: np.ndarray, point_offsets: np.ndarray, X: np.
 
 # ------------------------------------------------------------------------------------ rerank
 
-def _bounds(s: np.ndarray, cos_lo: np.ndarray, w: float, mode: str):
-    """Lower/upper bounds of a re-ranked score, given covered stickers have cos >= cos_lo."""
+def _factors(cos_lo: np.ndarray, w: float, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the extreme re-rank factors (multiply) or additions (sum) a sticker can get:
+    1 / 0 when not covered, else 1 + w cos (w cos) with cos in [cos_lo, 1]."""
     lo_c, hi_c = np.minimum(w * cos_lo, w), np.maximum(w * cos_lo, w)
     if mode == "multiply":
-        f_lo = np.minimum(1.0, 1.0 + lo_c)[:, None]
-        f_hi = np.maximum(1.0, 1.0 + hi_c)[:, None]
-        a, b = s * f_lo, s * f_hi
-        return np.minimum(a, b), np.maximum(a, b)
-    return s + np.minimum(0.0, lo_c)[:, None], s + np.maximum(0.0, hi_c)[:, None]
+        return np.minimum(1.0, 1.0 + lo_c), np.maximum(1.0, 1.0 + hi_c)
+    return np.minimum(0.0, lo_c), np.maximum(0.0, hi_c)
+
+
+def _candidates(ids_t, s_t, cos_lo, w, mode, kk):
+    """The pool entries that can reach a row's top ``kk`` after the re-rank: every entry whose
+    upper bound reaches the kk-th largest lower bound. Returns (ids, scores, candidate mask,
+    upper bounds), cut to the columns holding candidates.
+
+    For pools sorted best first and bounds increasing in the score (always for ``sum``; for
+    ``multiply`` when every factor is positive) the bounds are monotone along a row: the
+    threshold is the bound of the kk-th score and the candidates are a prefix, found with one
+    comparison pass; otherwise every entry's bounds are computed."""
+    lo, hi = _factors(cos_lo, w, mode)
+    valid = ids_t >= 0
+    n_valid = valid.sum(axis=1)
+    P = s_t.shape[1]
+    monotone = mode == "sum" or bool((lo > 0).all())
+    if monotone and kk <= P and (s_t[:, 1:] <= s_t[:, :-1]).all():
+        s_k = s_t[:, kk - 1].astype(np.float64)
+        if mode == "multiply":
+            thr = np.where(s_k >= 0, s_k * lo, s_k * hi)
+            # smallest score whose upper bound reaches thr
+            s_min = np.where(_slack(thr) >= 0, _slack(thr) / hi, _slack(thr) / lo)
+        else:
+            thr = s_k + lo
+            s_min = _slack(thr) - hi
+        s_min = np.where(n_valid >= kk, s_min, -np.inf)
+        counts = np.where(n_valid >= kk, (s_t >= (s_min - 1e-6 * np.abs(s_min) - 1e-7
+                                                    ).astype(np.float32)[:, None]).sum(axis=1),
+                          n_valid)
+        m = max(int(counts.max(initial=0)), 1)
+        ids_t, s_t, valid = ids_t[:, :m], s_t[:, :m], valid[:, :m]
+        cand = valid & (np.arange(m)[None, :] < counts[:, None])
+    else:
+        cand = None
+    s64 = np.where(valid, s_t.astype(np.float64), 0.0)
+    if mode == "multiply":
+        a, b = s64 * lo[:, None], s64 * hi[:, None]
+        lb, ub = np.minimum(a, b), np.maximum(a, b)
+    else:
+        lb, ub = s64 + lo[:, None], s64 + hi[:, None]
+    ub[~valid] = -np.inf
+    if cand is None:
+        lb[~valid] = -np.inf
+        cand = valid & (ub >= _slack(_kth_largest(lb, kk))[:, None])
+    return ids_t, s_t, cand, ub
 
 
 def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np.ndarray,
            embeddings: np.ndarray, clusters: UserClusters, weight: float = 0.3,
            mode: str = "multiply", k: int | None = None, pool_row: np.ndarray | None = None,
-           inv_norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           inv_norms: np.ndarray | None = None, n_threads: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank recall pools toward each request's user's style clusters; the exact top ``k``.
 
     ``pool_ids`` (n_pools, P) int sticker rows (-1 = padding) and ``pool_scores`` (n_pools, P),
@@ -395,7 +495,8 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     (n_requests,): row in ``clusters`` (-1 = unknown user: not re-ranked). ``embeddings``: one
     row per sticker (normalised here through ``inv_norms``, computed when None). Returns
     (ids int32 (n_requests, k) padded with -1, scores float32 padded with -inf), best first,
-    ties by pool position. ``k`` defaults to P (the whole pool re-ranked)."""
+    ties by pool position. ``k`` defaults to P (the whole pool re-ranked). ``n_threads``:
+    request chunks re-ranked in parallel (default: available CPUs, at most 4)."""
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
     pool_ids = np.asarray(pool_ids)
@@ -431,36 +532,82 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
         r_user[has] = np.maximum.reduceat(clusters.radii, offs[:-1][has])
     k_max = int(n_cl.max())
     d = embeddings.shape[1]
-    for c0 in range(0, len(todo), RERANK_CHUNK):
+
+    def run_chunk(c0: int) -> None:
         chunk = todo[c0:c0 + RERANK_CHUNK]
-        ids_t = pool_ids[prow[chunk]]
-        s_t = pool_scores[prow[chunk]]
-        valid = ids_t >= 0
         cos_lo = np.clip(1.0 - r_user[users[chunk]] - COVER_EPS, -1.0, 1.0)
-        lb, ub = _bounds(np.where(valid, s_t.astype(np.float64), 0.0), cos_lo, w, mode)
-        lb[~valid] = -np.inf
-        n_valid = valid.sum(axis=1)
-        kth = np.partition(lb, P - kk, axis=1)[:, P - kk] if kk < P else lb.min(axis=1)
-        thr = np.where(n_valid >= kk, kth, -np.inf)
-        margin = np.where(np.isfinite(thr), 1e-5 * np.abs(thr) + 1e-6, 0.0)
-        cand = valid & (ub >= (thr - margin)[:, None])
-        del lb, ub
-        counts = cand.sum(axis=1)
-        order = np.argsort(counts, kind="stable")
-        start = 0
-        while start < len(order):
-            nb = len(order) - start
-            while nb > 1 and nb * (int(counts[order[start + nb - 1]]) + k_max) * d > BLOCK_FLOATS:
-                nb = (nb + 1) // 2
-            sel = order[start:start + nb]
-            _rerank_block(sel, chunk, cand, counts, ids_t, s_t, users, clusters, embeddings,
-                          inv_norms, w, mode, kk, out_ids, out_scores)
-            start += nb
+        ids_t, s_t, cand, ub = _candidates(pool_ids[prow[chunk]], pool_scores[prow[chunk]],
+                                           cos_lo, w, mode, kk)
+        # Stage 1: the first STAGE_ONE candidates of each row (pool order: the best recall
+        # scores). The k-th best of their new scores is a lower bound of the final k-th best, so
+        # stage 2 needs only the remaining candidates whose upper bound reaches it.
+        new = np.full(ids_t.shape, -np.inf, dtype=np.float32)
+        first = cand & (np.cumsum(cand, axis=1) <= max(STAGE_ONE, kk))
+        ctx = (chunk, ids_t, s_t, users, clusters, embeddings, inv_norms, w, mode, k_max, d, new)
+        _score_candidates(first, *ctx)
+        rest = cand & ~first & (ub >= _slack(_kth_largest(new, kk))[:, None])
+        if rest.any():
+            _score_candidates(rest, *ctx)
+        width = new.shape[1]
+        keys = np.where(np.isfinite(new), pack_keys(new, np.broadcast_to(np.arange(width),
+                                                                         new.shape)),
+                        np.iinfo(np.uint64).max)
+        if width > kk:
+            keys = np.partition(keys, kk - 1, axis=1)[:, :kk]
+        top_pos, top_scores = unpack_keys(np.sort(keys, axis=1))
+        rows = np.arange(len(chunk))[:, None]
+        n = top_pos.shape[1]
+        out_ids[chunk, :n] = np.where(top_pos >= 0, ids_t[rows, np.maximum(top_pos, 0)], -1)
+        out_scores[chunk, :n] = top_scores
+
+    starts = list(range(0, len(todo), RERANK_CHUNK))
+    threads = min(len(starts), resolve_threads(n_threads))
+    with single_threaded_blas():
+        if threads <= 1:
+            for c0 in starts:
+                run_chunk(c0)
+        else:  # numpy's gathers, BLAS and partitions release the GIL; disjoint output rows
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(run_chunk, starts))
     return out_ids, out_scores
 
 
-def _rerank_block(sel, todo, cand, counts, ids_t, s_t, users, clusters, embeddings, inv_norms,
-                  w, mode, kk, out_ids, out_scores):
+def _kth_largest(values: np.ndarray, k: int) -> np.ndarray:
+    """k-th largest finite value of each row; -inf where a row has fewer than k."""
+    n = values.shape[1]
+    if k > n:
+        return np.full(len(values), -np.inf)
+    kth = np.partition(values, n - k, axis=1)[:, n - k].astype(np.float64)
+    return np.where(np.isfinite(kth), kth, -np.inf)
+
+
+def _slack(threshold: np.ndarray) -> np.ndarray:
+    """A threshold lowered by a little more than float32 round-off (so ties are kept)."""
+    return np.where(np.isfinite(threshold),
+                    threshold - (1e-5 * np.abs(threshold) + 1e-6), threshold)
+
+
+def _score_candidates(cand, chunk, ids_t, s_t, users, clusters, embeddings, inv_norms, w, mode,
+                      k_max, d, new):
+    """Re-ranked scores of the ``cand`` entries of a chunk's pools, written into ``new``;
+    rows in blocks of similar candidate counts (bounded padded memory)."""
+    counts = cand.sum(axis=1)
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    start = 0
+    while start < len(order):
+        nb = len(order) - start
+        while nb > 1 and nb * (int(counts[order[start + nb - 1]]) + k_max) * d > BLOCK_FLOATS:
+            nb = (nb + 1) // 2
+        sel = order[start:start + nb]
+        _score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters, embeddings,
+                     inv_norms, w, mode, new)
+        start += nb
+
+
+def _score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters, embeddings, inv_norms,
+                 w, mode, new):
     nb = len(sel)
     m = int(counts[sel].max())
     # Candidate pool positions, left-aligned per row (np.nonzero is row-major, in order).
@@ -473,8 +620,8 @@ def _rerank_block(sel, todo, cand, counts, ids_t, s_t, users, clusters, embeddin
     rows = np.arange(nb)[:, None]
     sid = np.where(live, ids_t[sel][rows, pos], 0)
     score = s_t[sel][rows, pos]
-    E = embeddings[sid].astype(np.float32, copy=False) * inv_norms[sid][..., None]
-    u = users[todo[sel]]
+    E = embeddings[sid]                                                  # (nb, m, d), raw
+    u = users[chunk[sel]]
     n_c = clusters.n_clusters[u]
     K = int(n_c.max())
     cslot = np.arange(K)
@@ -482,18 +629,11 @@ def _rerank_block(sel, todo, cand, counts, ids_t, s_t, users, clusters, embeddin
     cidx = np.where(cmask, clusters.offsets[u][:, None] + cslot[None, :], 0)
     C = clusters.centroids[cidx]                                         # (nb, K, d)
     R = np.where(cmask, clusters.radii[cidx], -np.inf).astype(np.float32)
-    cos = np.matmul(E, C.transpose(0, 2, 1))                             # (nb, m, K)
+    cos = np.matmul(E, C.transpose(0, 2, 1).astype(E.dtype, copy=False))  # (nb, m, K)
+    cos *= inv_norms[sid][..., None]                                     # unit embeddings
     covered = (1.0 - cos) <= R[:, None, :] + COVER_EPS
-    new = score[..., None] * (1.0 + w * cos) if mode == "multiply" else score[..., None] + w * cos
-    best = np.where(covered, new, -np.inf).max(axis=2)
+    cand_new = score[..., None] * (1.0 + w * cos) if mode == "multiply" \
+        else score[..., None] + w * cos
+    best = np.where(covered, cand_new, -np.inf).max(axis=2)
     final = np.where(covered.any(axis=2), best, score).astype(np.float32)
-    keys = np.where(live, pack_keys(final, pos), np.iinfo(np.uint64).max)
-    if m > kk:
-        keys = np.partition(keys, kk - 1, axis=1)[:, :kk]
-    keys = np.sort(keys, axis=1)
-    top_pos, top_scores = unpack_keys(keys)
-    got = top_pos >= 0
-    dest = todo[sel]
-    width = top_pos.shape[1]
-    out_ids[dest, :width] = np.where(got, ids_t[sel][rows, np.maximum(top_pos, 0)], -1)
-    out_scores[dest, :width] = top_scores
+    new[sel[r_idx], p_idx] = final[r_idx, slot]

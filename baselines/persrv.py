@@ -290,7 +290,8 @@ class PerSRV:
                         "returns nothing", self.name, self.boosts(), ", ".join(texts))
         self.index_ = MultiFieldBM25(boosts, tokenizer=tokenizer, k1=self.k1, b=self.b,
                                      k1_plus_one=self.k1_plus_one, n_threads=self.n_threads
-                                     ).fit({f: texts[f] for f in boosts})
+                                     ).fit({f: texts[f] for f in boosts},
+                                           n_docs=len(train.stickers))
         self.n_stickers_ = len(train.stickers)
 
     def _fit_utility(self, train: TrainView) -> None:

@@ -201,3 +201,17 @@ def test_k_larger_than_pool_and_edge_requests():
 def test_other_cluster_algorithms_end_to_end(algorithm):
     r = PerSRV(cluster_algorithm=algorithm, n_clusters=1, min_radius=0.1).fit(make_view())
     assert ids(r, "ub", "cat")[:2] == ["cat-B", "cat-A"]
+
+
+def test_no_searchable_field_returns_empty_rankings():
+    """persrv-no-queries on a dataset whose only text is the historical queries: nothing to
+    search, so every ranking is empty (not a crash)."""
+    import pandas as pd
+
+    from bench.retrieval import Request, TrainView, make_retriever
+    stickers = pd.DataFrame({"sticker_id": ["a", "b", "c"], "image": [None] * 3})
+    clicks = pd.DataFrame({"user_id": ["u", "u"], "query": ["cat", "dog"],
+                           "sticker_id": ["a", "b"], "ts": [1, 2]})
+    r = make_retriever("persrv-no-queries").fit(TrainView(stickers=stickers, clicks=clicks))
+    run = r.search([Request("u", "cat"), Request("v", "dog")], 10)
+    assert run[Request("u", "cat")] == [] and run[Request("v", "dog")] == []

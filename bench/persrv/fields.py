@@ -279,9 +279,11 @@ class MultiFieldBM25:
             raise ValueError(f"need k1 >= 0 and 0 <= b <= 1 (got k1={self.k1}, b={self.b})")
 
     # ------------------------------------------------------------------------------- fit
-    def fit(self, texts_by_field: Mapping[str, Sequence[Any]]) -> "MultiFieldBM25":
+    def fit(self, texts_by_field: Mapping[str, Sequence[Any]],
+            n_docs: int | None = None) -> "MultiFieldBM25":
         """Index one text per sticker for every field in ``fields`` (None/NaN = empty field).
-        All lists must be equally long (the number of stickers)."""
+        All lists must be equally long (the number of stickers); ``n_docs`` gives that number
+        when no field is indexed (then every search returns nothing)."""
         missing = [f for f in self.fields if f not in texts_by_field]
         if missing:
             raise ValueError(f"no texts for field(s) {', '.join(missing)}; "
@@ -292,7 +294,9 @@ class MultiFieldBM25:
         if self.tokenizer is None:
             from bench.text import Tokenizer
             self.tokenizer = Tokenizer()
-        self.n_docs_ = next(iter(sizes.values()), 0)
+        self.n_docs_ = next(iter(sizes.values()), int(n_docs or 0))
+        if n_docs is not None and self.n_docs_ != n_docs:
+            raise ValueError(f"fields hold {self.n_docs_} texts, expected n_docs={n_docs}")
         self.counts_: dict[str, FieldCounts] = {}
         self.count_keys_: dict[str, tuple | None] = {}
         blocks, offsets, start = [], {}, 0

@@ -181,7 +181,7 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
     """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
     from bench.config import load_config
     from bench.data.resolve import resolve_dataset
-    from bench.runner import attach_configured_features
+    from bench.runner import attach_configured_features, features_config
     cfg = load_config(config, list(overrides))
     ds = resolve_dataset(cfg.dataset)
     _, embeddings, report = attach_configured_features(ds, cfg.features)
@@ -190,6 +190,14 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"  {k}: {v}")
     if embeddings is not None:
         click.echo(f"  embeddings: {embeddings.shape[0]} x {embeddings.shape[1]}")
+    fcfg = features_config(cfg.features)
+    if "gt_caption" in ds.stickers.columns and fcfg.ocr and ds.stickers["image"].notna().any():
+        from bench.features.cache import FeatureCache
+        from bench.features.ocr import ocr_accuracy
+        acc = ocr_accuracy(ds, fcfg.ocr_config(ds.meta.get("languages")),
+                           FeatureCache(fcfg.cache_dir))  # cached: no second OCR pass
+        click.echo(f"  OCR accuracy on rendered captions: mean CER {acc['cer_mean']:.3f}, "
+                   f"{acc['exact']:.0%} read exactly ({acc['n']} stickers)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -415,3 +415,35 @@ def test_ddp_two_cpu_processes_describe_like_one(vlm_dataset, tmp_path):
     parts = list(cache_dir.glob("*/part-*.parquet"))
     assert len(parts) == 4  # ceil(10 / 3) chunks, written once (by rank 0 only)
     assert len({p.stem.rsplit("-", 1)[1] for p in parts}) == 1
+
+
+def test_describe_fills_the_cache_that_run_uses(vlm_dataset, tmp_path):
+    """`describe` -> feature cache -> attach_features (what `run` calls) -> PerSRV's description
+    field; the base-vs-fine-tuned ablation is the `features.descriptions` switch."""
+    from bench.data.format import load_dataset
+    from bench.features.extract import attach_features
+    from bench.retrieval import Request, TrainView, make_retriever
+    cache = FeatureCache(tmp_path / "cache")
+    ds = load_dataset(vlm_dataset)
+    frame = describe_stickers(vlm_dataset, {"tiny": True}, None, batch_size=4, max_new_tokens=4,
+                              cache=cache, accelerator="cpu", chunk_size=4)
+    stickers, _, report = attach_features(ds, {"ocr": False, "encoder": None,
+                                               "descriptions": "base"}, cache)
+    merged = stickers.set_index("sticker_id")["description"]
+    expected = frame.set_index("sticker_id")["description"]
+    described = expected[expected.str.len() > 0]
+    assert len(described) >= 5
+    assert (merged.reindex(described.index) == described).all()
+    # another adapter id finds nothing: the switch selects which descriptions are used
+    other, _, _ = attach_features(ds, {"ocr": False, "encoder": None,
+                                       "descriptions": "sha256:0000000000000000"}, cache)
+    assert "description" not in other.columns or other["description"].isna().all()
+
+    view = TrainView(stickers=stickers, clicks=ds.interactions.iloc[0:0], meta=ds.meta)
+    full = make_retriever("persrv", {"personalization": False}).fit(view)
+    ablated = make_retriever("persrv-no-description", {"personalization": False}).fit(view)
+    assert "description" in full.index_.fields and "description" not in ablated.index_.fields
+    sid, text = next(iter(described.items()))
+    query = text.split()[0]
+    hits = [s for s, _ in full.search([Request("u", query)], 20)[Request("u", query)]]
+    assert sid in hits

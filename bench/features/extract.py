@@ -90,13 +90,16 @@ def find_descriptions(cache: FeatureCache, dataset_fingerprint: str, source: str
     """Key of the cached descriptions entry for (dataset, source), or None.
 
     First :func:`descriptions_key`; else the newest ``vlm-descriptions-*`` entry whose
-    ``meta.json`` names this dataset fingerprint and has ``source`` as its ``adapter`` or
-    ``source`` (top level, as ``bench.vlm.describe`` writes it, or under ``params``), or as its
+    ``meta.json`` names this dataset fingerprint and has ``source`` as its ``adapter`` (content
+    hash), ``adapter_source`` (the path or MLflow run id given to ``describe``) or ``source`` (top level, as ``bench.vlm.describe`` writes it, or under ``params``), or as its
     ``model``.
     """
     key = descriptions_key(cache, dataset_fingerprint, source)
     if cache.load(key) is not None:
         return key
+    wanted = {source}
+    if Path(source).expanduser().exists():  # an adapter folder given by a relative path
+        wanted.add(str(Path(source).expanduser().resolve()))
     root = Path(cache.root)
     if not root.is_dir():
         return None
@@ -107,9 +110,9 @@ def find_descriptions(cache: FeatureCache, dataset_fingerprint: str, source: str
         except (OSError, ValueError):
             continue
         params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
-        names = (meta.get("adapter"), meta.get("source"), params.get("adapter"),
-                 params.get("source"), meta.get("model"))
-        if meta.get("dataset_fingerprint") == dataset_fingerprint and source in names:
+        names = (meta.get("adapter"), meta.get("source"), meta.get("adapter_source"),
+                 params.get("adapter"), params.get("source"), meta.get("model"))
+        if meta.get("dataset_fingerprint") == dataset_fingerprint and wanted & set(names):
             found.append((meta_path.stat().st_mtime, meta_path.parent.name))
     return max(found)[1] if found else None
 

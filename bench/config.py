@@ -160,8 +160,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply overrides, validate."""
+def read_yaml_config(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """A YAML config file as raw data, with ``-o key=value`` overrides applied to a mapping."""
     import yaml
     p = Path(path)
     if not p.is_file():
@@ -172,7 +172,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides or []))
-    cfg = validate_config(raw, source=str(p))
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply overrides, validate."""
+    p = Path(path)
+    cfg = validate_config(read_yaml_config(p, overrides), source=str(p))
     cfg_dir = p.resolve().parent
     ds = cfg.dataset
     for attr in ("path", "source"):

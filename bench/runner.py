@@ -292,7 +292,7 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     from bench.data.format import write_json_atomic
     from bench.evaluate import write_qrels, write_users
     from bench.metrics import metric_name
-    from bench.tracking import Tracker, check_reachable, git_commit, mask_credentials, \
+    from bench.tracking import check_reachable, git_commit, mask_credentials, \
         resolve_tracking_uri
 
     check_config(cfg)  # before any expensive work

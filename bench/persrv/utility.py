@@ -25,7 +25,7 @@ sticker never clicked then gets sqrt(0.315) = 0.561, more than a sticker clicked
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

@@ -132,19 +132,11 @@ def load_vlm_config(path: str | Path, overrides: list[str] | None = None,
     A relative ``dataset`` path is tried against the working directory, then the config's folder
     and its parent; ``output_dir`` stays relative to the working directory.
     """
-    import yaml
-    from bench.config import apply_overrides, resolve_data_path
+    from bench.config import read_yaml_config, resolve_data_path
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if isinstance(raw, dict):
-        raw = apply_overrides(raw, list(overrides or []))
-        if dataset is not None:
-            raw["dataset"] = str(dataset)
+    raw = read_yaml_config(p, overrides)
+    if isinstance(raw, dict) and dataset is not None:
+        raw["dataset"] = str(dataset)
     cfg = validate_vlm_config(raw, source=str(p))
     if cfg.dataset and dataset is None:
         cfg.dataset = str(resolve_data_path(cfg.dataset, p.resolve().parent))

@@ -349,7 +349,12 @@ def describe(ds: Dataset) -> dict[str, Any]:
         if col.startswith("gt_"):
             vc = ds.stickers[col].value_counts()
             out[col] = {"distinct": int(len(vc)),
-                        "top": {str(k): int(v) for k, v in vc.head(10).items()}}
+                        "top": {_short(k): int(v) for k, v in vc.head(10).items()}}
     if ds.skipped:
         out["skipped"] = dict(ds.skipped)
     return out
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"

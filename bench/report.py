@@ -19,12 +19,21 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.metrics import METRICS, metric_name
+from bench.report_fetch import fetch_run, read_parent_run
+from bench.report_tables import ARROWS, _tex, latex_grid, markdown_grid
+
+__all__ = [
+    "TESTS", "BREAKDOWNS", "SEGMENT_ORDER", "PRETTY", "ARROWS", "ReportError", "RunNotFoundError",
+    "bootstrap_ci", "paired_test", "holm", "user_means", "RunFolder", "load_folder", "pretty",
+    "resolve_metrics", "resolve_baseline", "ablation_group", "Stats", "compute_stats", "breakdowns",
+    "markdown_grid", "latex_grid", "report_folder", "compare_folders", "read_parent_run",
+    "fetch_run",
+]
 
 TESTS = ("permutation", "t-test")
 BREAKDOWNS = ("segment", "language", "gt_style", "gt_pack", "gt_topic")
 SEGMENT_ORDER = ("cold", "light", "heavy")
 PRETTY = {"m_mrr": "M-MRR", "mrr": "MRR", "recall": "Recall", "ndcg": "NDCG"}
-ARROWS = {1: "▲", -1: "▼"}
 _METRIC_RE = re.compile(r"^(m_mrr|mrr|recall|ndcg)_at_(\d+)$")
 _TITLE_RE = re.compile(r"^#\s+(?P<name>.+?) on (?P<dataset>.+?) \(", re.M)
 _CHUNK = 4_000_000  # elements per resampling block (bounds memory at paper scale)
@@ -361,67 +370,6 @@ def _cells(stats: Stats) -> pd.DataFrame:
     return cells.rename(columns={"retriever": "row", "metric": "col"})
 
 
-def _best(cells: pd.DataFrame) -> set[tuple[str, str]]:
-    top = cells.groupby("col")["mean"].transform("max")
-    return set(map(tuple, cells.loc[np.isclose(cells["mean"], top), ["row", "col"]].to_numpy()))
-
-
-def _mark(cell, tex: bool = False) -> str:
-    if not cell["significant"]:
-        return ""
-    if tex:
-        return "$^{\\dagger" + ("\\uparrow" if cell["direction"] > 0 else "\\downarrow") + "}$"
-    return ARROWS.get(int(cell["direction"]), "") + "†"
-
-
-def markdown_grid(cells: pd.DataFrame, rows: list[str], cols: list[str], titles: list[str],
-                  row_names: dict[str, str] | None = None, ci: bool = True) -> str:
-    """Markdown table: mean (bold = best in column), ▲/▼† for significant differences, CI."""
-    best, idx = _best(cells), cells.set_index(["row", "col"])
-    lines = ["| retriever | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(cols)]
-    for r in rows:
-        out = []
-        for c in cols:
-            if (r, c) not in idx.index:
-                out.append("–")
-                continue
-            cell = idx.loc[(r, c)]
-            text = f"{cell['mean']:.4f}"
-            text = (f"**{text}**" if (r, c) in best else text) + _mark(cell)
-            if ci:
-                text += f" [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
-            out.append(text)
-        lines.append(f"| {(row_names or {}).get(r, r)} | " + " | ".join(out) + " |")
-    return "\n".join(lines)
-
-
-def _tex(text: str) -> str:
-    return re.sub(r"([_%&#$\{\}])", r"\\\1", str(text)).replace("~", r"\textasciitilde{}")
-
-
-def latex_grid(cells: pd.DataFrame, rows: list[str], cols: list[str], titles: list[str],
-               caption: str, label: str) -> str:
-    """A booktabs table (``\\usepackage{booktabs}``): best per column bold, † for significance."""
-    best, idx = _best(cells), cells.set_index(["row", "col"])
-    body = []
-    for r in rows:
-        vals = []
-        for c in cols:
-            if (r, c) not in idx.index:
-                vals.append("--")
-                continue
-            cell = idx.loc[(r, c)]
-            num = f"{cell['mean']:.4f}"
-            vals.append((f"\\textbf{{{num}}}" if (r, c) in best else num) + _mark(cell, tex=True))
-        body.append(f"    {_tex(r)} & " + " & ".join(vals) + r" \\")
-    return "\n".join([
-        "% persrv-bench report; needs \\usepackage{booktabs}",
-        r"\begin{table}[t]", r"  \centering", f"  \\caption{{{caption}}}", f"  \\label{{{label}}}",
-        f"  \\begin{{tabular}}{{l{'r' * len(cols)}}}", r"    \toprule",
-        "    Retriever & " + " & ".join(_tex(t) for t in titles) + r" \\", r"    \midrule",
-        *body, r"    \bottomrule", r"  \end{tabular}", r"\end{table}", ""])
-
-
 def _test_words(stats: Stats) -> str:
     return (f"paired sign-flip permutation test over users, {stats.n_perm} permutations"
             if stats.test == "permutation" else "paired t-test over users")
@@ -630,80 +578,3 @@ def compare_folders(folders: list[str | Path], out: str | Path, metric: str | No
     (out / "compare.tex").write_text(latex_grid(cells, rows, titles, titles, caption,
                                                 "tab:compare"), encoding="utf-8")
     return {n: out / n for n in ("compare.md", "compare.csv", "compare.tex")}
-
-
-# ------------------------------------------------------------------------------------ MLflow
-
-def read_parent_run(folder: str | Path) -> tuple[str | None, str | None]:
-    """``(run id, tracking URI)`` from the runner's ``parent_run_id.txt``; the URI is None when
-    absent or masked (then use --tracking-uri / $MLFLOW_TRACKING_URI)."""
-    f = Path(folder) / "parent_run_id.txt"
-    if not f.is_file():
-        return None, None
-    lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines()] + ["", ""]
-    return lines[0] or None, (lines[1] if lines[1] and "***" not in lines[1] else None)
-
-
-def fetch_run(run_id_or_experiment_name: str, tracking_uri: str | None = None,
-              dest: str | Path | None = None, root: str | Path = "persrv-runs/fetched") -> Path:
-    """Download a benchmark's parent-run artifacts and its children's into the run-folder layout.
-
-    An experiment name means its most recent parent run (tag ``persrv.kind=benchmark``); a child
-    run id means its parent. ``dest`` defaults to ``<root>/<parent run id>``. Errors:
-    :class:`RunNotFoundError` (nothing matches), ``TrackingError`` (the store failed; URI masked).
-    """
-    from mlflow.tracking import MlflowClient
-
-    from bench.tracking import TrackingError, mask_credentials, resolve_tracking_uri
-    uri = resolve_tracking_uri(tracking_uri)
-    where = mask_credentials(uri)
-    key = str(run_id_or_experiment_name)
-
-    def call(fn, *args, missing_ok: bool = False, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if missing_ok and getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST",
-                                                                 "INVALID_PARAMETER_VALUE"):
-                return None
-            raise TrackingError(f"MLflow at {where}: {mask_credentials(str(exc))[:500]}") from None
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise RunNotFoundError(f"no MLflow store at {where}; pass --tracking-uri or set "
-                               "MLFLOW_TRACKING_URI")
-    client = MlflowClient(tracking_uri=uri)
-    run = call(client.get_run, key, missing_ok=True) if re.fullmatch(r"[0-9a-fA-F]{8,64}", key) \
-        else None
-    if run is None:
-        exp = call(client.get_experiment_by_name, key)
-        if exp is None:
-            known = [e.name for e in call(client.search_experiments, max_results=20)]
-            raise RunNotFoundError(f"no MLflow run id or experiment named {key!r} at {where} "
-                                   f"(experiments there: {', '.join(known) or 'none'})")
-        runs = call(client.search_runs, [exp.experiment_id], "tags.`persrv.kind` = 'benchmark'",
-                    max_results=1, order_by=["attributes.start_time DESC"])
-        if not runs:
-            raise RunNotFoundError(f"experiment {key!r} at {where} has no benchmark run "
-                                   "(tag persrv.kind=benchmark); run `persrv-bench run` first")
-        run = runs[0]
-    elif run.data.tags.get("persrv.kind") == "retriever" and "mlflow.parentRunId" in run.data.tags:
-        run = call(client.get_run, run.data.tags["mlflow.parentRunId"])
-    run_id = run.info.run_id
-    dest = Path(dest) if dest is not None else Path(root) / run_id
-    dest.mkdir(parents=True, exist_ok=True)
-    for info in call(client.list_artifacts, run_id):
-        if info.path != "report":  # a previous report is rewritten, not fetched
-            call(client.download_artifacts, run_id, info.path, str(dest))
-    children = call(client.search_runs, [run.info.experiment_id],
-                    f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
-    for child in children:
-        label = child.info.run_name or child.info.run_id
-        sub = dest / "retrievers" / label
-        sub.mkdir(parents=True, exist_ok=True)
-        for info in call(client.list_artifacts, child.info.run_id):
-            call(client.download_artifacts, child.info.run_id, info.path, str(sub))
-    if not children:
-        raise RunNotFoundError(f"run {run_id} at {where} has no child runs (retrievers); is it "
-                               "a persrv-bench benchmark run?")
-    (dest / "parent_run_id.txt").write_text(f"{run_id}\n{where}\n", encoding="utf-8")
-    return dest

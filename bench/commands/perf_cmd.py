@@ -1,0 +1,94 @@
+"""``persrv-bench perf``: stage timings, peak memory and reference comparisons (bench.perf)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _sizes(ctx, param, value: str) -> tuple[int, ...]:
+    if value is None or value.strip().lower() in ("", "none", "off", "0"):
+        return ()
+    try:
+        sizes = tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated sticker counts, got {value!r}")
+    if any(s < 100 for s in sizes):
+        raise click.BadParameter("every size must be at least 100 stickers")
+    return sizes
+
+
+def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    from bench.retrieval import get_retriever_class
+    for name in names:
+        get_retriever_class(name)  # ConfigError naming the registered ones
+    return names
+
+
+@click.command("perf")
+@click.option("--size", type=click.IntRange(min=100), default=543_098, show_default=True,
+              help="Stickers in the synthetic text-only dataset (built once, then cached).")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), default=12_568,
+              show_default=True, help="Most test requests (the first ones).")
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Ranking depth.")
+@click.option("--pool", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="PerSRV recall depth re-ranked.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Dataset seed (and the sampling of the references).")
+@click.option("--retrievers", default=None, callback=_names,
+              help="Comma-separated retriever names (default: bm25, persrv and every "
+                   "registered persrv-* ablation).")
+@click.option("--rank-bm25-sample", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Requests run on rank-bm25 (extrapolated); 0 skips.")
+@click.option("--naive-sample", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Requests run through the naive Python loop (extrapolated); 0 skips.")
+@click.option("--scaling", default="10000,100000,543098,1000000", show_default=True,
+              callback=_sizes, help="Corpus sizes of the scaling curve (bm25 + persrv, one "
+                                    "process each); 'none' skips.")
+@click.option("--no-sweep", is_flag=True, help="Skip the sweep-trial measurement.")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Measure an existing dataset directory instead (--size is "
+                                 "then only used by --scaling).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Requests per search call (the runner's default).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: persrv-runs/perf-<timestamp>).")
+@click.option("--profile", is_flag=True,
+              help="cProfile the retrievers and write profile.txt into --out.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
+def perf(size: int, n_requests: int, k: int, pool: int, seed: int,
+         retrievers: tuple[str, ...] | None, rank_bm25_sample: int, naive_sample: int,
+         scaling: tuple[int, ...], no_sweep: bool, dataset_dir: str | None, batch_size: int,
+         out: str | None, profile: bool, tracking_uri: str | None, no_tracking: bool) -> None:
+    """Time every stage of BM25, PerSRV and its ablations at paper scale; peak memory;
+    rank-bm25 and a naive loop as references; one sweep trial; --help; a scaling curve.
+
+    Writes perf.json, perf.md (and scaling.png) into --out and logs them to MLflow
+    (experiment "perf"). Each target is marked met or missed.
+    """
+    import time
+    from pathlib import Path
+
+    from bench.perf import PerfConfig, log_to_mlflow, run_perf
+    from bench.tracking import check_reachable, resolve_tracking_uri
+    uri = None if no_tracking else resolve_tracking_uri(tracking_uri)
+    if uri:
+        check_reachable(uri)  # before any expensive work
+    cfg = PerfConfig(size=size, requests=n_requests, k=k, pool=pool, seed=seed,
+                     retrievers=retrievers, rank_bm25_sample=rank_bm25_sample,
+                     naive_sample=naive_sample, scaling=scaling, sweep_trial=not no_sweep,
+                     dataset_dir=dataset_dir, batch_size=batch_size)
+    folder = Path(out) if out else Path("persrv-runs") / f"perf-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_perf(cfg, folder, echo=click.echo, profile=profile)
+    click.echo("")
+    click.echo((folder / "perf.md").read_text(encoding="utf-8"))
+    if uri:
+        run_id = log_to_mlflow(result, folder, uri, echo=click.echo)
+        if run_id:
+            click.echo(f"MLflow: experiment 'perf', run {run_id}")
+    click.echo(f"results: {folder}")

@@ -1,0 +1,135 @@
+"""persrv-bench perf: the command end to end at a small size, and its measuring parts."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import cli
+from bench.perf import MemorySampler, StageClock, timed_methods
+from bench.perf_naive import _is_top_k_of, okapi_idf, under_okapi_formula
+from tests.conftest import make_tiny_frames
+
+STAGES = ("index", "utility", "clusters", "recall", "rerank", "results", "metrics")
+
+
+def test_perf_command_small(tmp_path, isolated_cache):
+    out = tmp_path / "perf"
+    res = CliRunner().invoke(cli, [
+        "perf", "--size", "3000", "--requests", "200", "--naive-sample", "5",
+        "--rank-bm25-sample", "20", "--scaling", "1000,2000", "--no-tracking",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "perf.json").read_text(encoding="utf-8"))
+    for key in ("config", "machine", "load_start", "load_end", "dataset", "retrievers",
+                "pipeline", "rank_bm25", "naive", "sweep", "help", "targets", "scaling",
+                "process_peak_rss_mb"):
+        assert key in result, key
+    assert result["dataset"]["stickers"] == 3000
+    assert 0 < result["dataset"]["requests"] <= 200
+
+    recs = result["retrievers"]
+    assert list(recs)[:2] == ["bm25", "persrv"]
+    assert {"persrv-no-personalization", "persrv-no-utility", "persrv-bm25"} <= set(recs)
+    for name, rec in recs.items():
+        assert rec["e2e_s"] > 0 and rec["search_s"] > 0 and rec["peak_rss_mb"] > 0
+        assert rec["requests"] == result["dataset"]["requests"]
+        for stage, row in rec["stages"].items():
+            assert stage in STAGES and row["seconds"] > 0 and row["calls"] >= 1
+    assert set(recs["persrv"]["stages"]) == set(STAGES)
+    assert set(recs["bm25"]["stages"]) == {"index", "recall", "metrics"}
+    # persrv-no-personalization reuses persrv's recall pools (identical recall)
+    assert recs["persrv-no-personalization"]["recall_shared"] is True
+    assert result["pipeline"]["retrievers_s"] == pytest.approx(
+        sum(r["e2e_s"] for r in recs.values()))
+
+    rb = result["rank_bm25"]
+    assert rb["speedup_search"] > 0 and rb["speedup_end_to_end"] > 0
+    assert rb["rank_bm25_search_extrapolated_s"] >= rb["rank_bm25_search_sample_s"]
+    ident = rb["identity"]
+    assert ident["queries"] > 0
+    assert ident["identical_up_to_ties"] == ident["queries"], ident
+    assert ident["okapi_idf_max_abs_diff"] < 1e-9
+    nv = result["naive"]
+    assert nv["sample_requests"] == 5 and nv["speedup"] > 0 and nv["extrapolated_s"] > 0
+    assert nv["agreement"]["identical_up_to_ties"] == 5
+
+    assert result["sweep"]["trial_s"] > 0 and result["sweep"]["n_clusters"] == 7
+    assert 0 < result["help"]["median_s"] < 10
+    targets = result["targets"]
+    assert set(targets) == {"pipeline_s", "peak_rss_gb", "rank_bm25_speedup",
+                            "rank_bm25_identical", "sweep_trial_s", "help_s"}
+    assert targets["rank_bm25_identical"]["met"] is True
+    assert all(t["paper_scale"] is False for t in targets.values())
+
+    sizes = [p["size"] for p in result["scaling"]]
+    assert sizes == [1000, 2000] and all("error" not in p for p in result["scaling"])
+    assert all(p["peak_rss_mb"] > 0 and p["total_s"] > 0 for p in result["scaling"])
+    assert (out / "scaling.png").stat().st_size > 1000
+    md = (out / "perf.md").read_text(encoding="utf-8")
+    assert "## Targets" in md and "## Scaling" in md and "extrapolated" in md
+    assert "| persrv |" in md and "load average" in md
+
+
+def test_okapi_rescale_gives_rank_bm25_scores():
+    """The bm25s index rescaled row by row holds rank-bm25's BM25Okapi scores, including the
+    floor of a term in more than half of the documents."""
+    from rank_bm25 import BM25Okapi
+
+    from baselines.bm25 import field_texts
+    from bench.retrieval import TrainView, make_retriever
+    stickers, clicks = make_tiny_frames()
+    stickers = stickers.drop(columns=["embedding"])
+    stickers.loc[:9, "text"] += " common"  # in 10 of 15 documents: negative idf, floored
+    view = TrainView(stickers=stickers, clicks=clicks)
+    bm25 = make_retriever("bm25", {"fields": "text,queries"}).fit(view)
+    docs = bm25.tokenizer_.batch(field_texts(view, "text,queries"))
+    ref = BM25Okapi([docs[i] for i in bm25.doc_rows_], k1=bm25.k1, b=bm25.b)
+    assert ref.idf["common"] == pytest.approx(0.25 * ref.average_idf)
+    rows = [bm25.vocab_[t] for t in ref.idf]
+    idf = okapi_idf(np.diff(bm25.index_.indptr), bm25.index_.shape[1])
+    np.testing.assert_allclose(idf[rows], [ref.idf[t] for t in ref.idf], rtol=1e-12)
+    same = under_okapi_formula(bm25)
+    dense = same.index_.toarray()
+    for query in (["common"], ["happy", "common"], ["so", "happy", "happy"]):
+        counts = np.zeros(dense.shape[0])
+        for t in query:
+            counts[bm25.vocab_[t]] += 1
+        np.testing.assert_allclose(counts @ dense, ref.get_scores(query), rtol=1e-6, atol=1e-6)
+    # and the search path ranks by those scores
+    from bench.retrieval import Request
+    req = Request("u0", "happy common")
+    got = [sid for sid, _ in same.search([req], 5)[req]]
+    want = np.argsort(-ref.get_scores(["happy", "common"]), kind="stable")[:5]
+    assert got == bm25.sticker_ids_[bm25.doc_rows_[want]].tolist()
+
+
+def test_is_top_k_of_allows_only_ties():
+    exact = {1: 3.0, 2: 2.0, 3: 2.0 + 1e-9, 4: 1.0}
+    assert _is_top_k_of(exact, [1, 3, 2], 3, 1e-6)
+    assert _is_top_k_of(exact, [1, 2, 3], 3, 1e-6)   # a tie within tolerance, either order
+    assert not _is_top_k_of(exact, [1, 2, 4], 3, 1e-6)  # 3 is better than 4
+    assert not _is_top_k_of(exact, [2, 1, 3], 3, 1e-6)  # out of order
+    assert _is_top_k_of({}, [], 3, 1e-6)
+
+
+def test_stage_clock_time_memory_and_method_wrappers():
+    class Thing:
+        def work(self, n):
+            return np.ones(n, dtype=np.uint8).sum()
+
+    with MemorySampler(interval=0.005) as sampler:
+        clock = StageClock(sampler)
+        thing = Thing()
+        with timed_methods(thing, clock, "thing", (("build", "work"), ("absent", "nope"))) as w:
+            assert w == ["work"]
+            assert thing.work(64 << 20) == 64 << 20
+            thing.work(10)
+            twin = copy.copy(thing)
+        assert "work" not in thing.__dict__  # wrappers removed after the block
+        twin.__dict__.pop("work", None)
+    row = clock.of("thing")["build"]
+    assert row["calls"] == 2 and row["seconds"] > 0
+    assert row["peak_rss_mb"] >= 60  # the 64 MB array was resident during the stage

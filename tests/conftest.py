@@ -25,6 +25,19 @@ def shared_data(*parts: str) -> Path:
     return p
 
 
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """``persrv-bench ARGS`` in this process: (exit code, stdout, stderr)."""
+    from bench.cli import main
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 TOPICS = {
     "happy": ["happy smile joy", ["so happy", "joyful", "smile"]],
     "sad": ["sad tears cry", ["crying", "so sad", "tears"]],

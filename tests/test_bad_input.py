@@ -28,24 +28,12 @@ from PIL import Image
 from bench.data.format import write_dataset
 from bench.retrieval import Request, TrainView, make_retriever
 
-from conftest import make_tiny_frames
+from conftest import make_tiny_frames, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """``persrv-bench ARGS`` in this process: (exit code, stdout, stderr)."""
-    from bench.cli import main
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

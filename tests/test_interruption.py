@@ -30,20 +30,10 @@ from bench.data.format import load_dataset, write_dataset
 from bench.features.cache import FeatureCache
 from bench.features.encoders import StyleStatsEncoder, embed_stickers, make_encoder
 
+from conftest import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """``persrv-bench ARGS`` in this process: (exit code, stdout, stderr)."""
-    from bench.cli import main
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_config(path: Path, dataset: Path, tmp_path: Path, **extra) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.format import Dataset, write_dataset
-from bench.data.persrv_csv import check_out_dir, link_or_copy, read_csv_rows
+from bench.data.source_io import check_out_dir, copy_image, read_csv_rows, unique_queries
 from bench.data.simulate import simulate_clicks, simulator_config
 from bench.errors import ConfigError, DatasetError
 
@@ -46,19 +46,15 @@ def _split(value: str) -> list[str]:
 def emoji_queries(row: dict[str, str], stats: dict[str, int]) -> list[str]:
     """Label, tags, keywords: stripped, without punctuation-only items, case-insensitively
     de-duplicated (first spelling kept); drops are counted in ``stats``."""
-    out, seen = [], set()
+    kept = []
     for q in [row["label"].strip()] + _split(row["tags"]) + _split(row["keywords"]):
         if not q:
             continue
         if not any(ch.isalnum() for ch in q):
             stats["punctuation_only_queries"] += 1
             continue
-        if q.casefold() in seen:
-            stats["duplicate_queries"] += 1
-            continue
-        seen.add(q.casefold())
-        out.append(q)
-    return out
+        kept.append(q)
+    return unique_queries(kept, stats)
 
 
 def read_emoji_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -112,7 +108,7 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
         if not (src / "images" / name).is_dir():
             raise DatasetError("style folder is missing", file=str(src / "images" / name))
     stats = {"punctuation_only_queries": 0, "duplicate_queries": 0, "missing_images": 0,
-             "images_linked": 0, "images_copied": 0, "emoji_without_queries": 0}
+             "images_copied": 0, "emoji_without_queries": 0}
     records, queries = [], {}
     for _, row in rows:
         qs = emoji_queries(row, stats)
@@ -121,8 +117,8 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
             rel = f"images/{style}/{row['hexcode']}.png"
             image: str | None = rel
             if (src / rel).is_file():
-                how = link_or_copy(src / rel, root / rel)
-                stats["images_linked" if how == "link" else "images_copied"] += 1
+                copy_image(src / rel, root / rel)
+                stats["images_copied"] += 1
             else:
                 stats["missing_images"] += 1
                 if missing_images == "error":

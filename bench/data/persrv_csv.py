@@ -8,25 +8,21 @@ and fields mapped as ``paddleocr -> ocr_text``, ``llava34b_image_desc -> descrip
 the dataset when the file exists, relative to the JSON-lines file), ``raw_queries ->
 gt_raw_queries`` (it may hold queries of every split, so retrievers must not see it). Other
 fields are kept: numbers as numeric columns (``clicks_per_doc`` ...), strings as text, lists and
-objects as JSON text. This module also holds the strict CSV reader and ``link_or_copy`` that the
-other source builders share.
+objects as JSON text.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import os
-import shutil
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.data.format import Dataset, languages_of, write_dataset
+from bench.data.source_io import check_out_dir, copy_image, read_csv_rows
 from bench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -36,82 +32,6 @@ FIELD_MAP = {"paddleocr": "ocr_text", "llava34b_image_desc": "description",
              "raw_queries": "gt_raw_queries"}
 ID_FIELDS = ("docid", "id", "sticker_id")
 TIME_COLUMNS = ("timestamp", "ts", "time")
-
-
-# ------------------------------------------------------------------------------- shared readers
-
-def decode_utf8(data: bytes, file: str | Path) -> str:
-    """``data`` as text (a UTF-8 BOM is dropped); non-UTF-8 raises naming the line."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise DatasetError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
-                           "re-save the file as UTF-8", file=str(file), row=line) from None
-
-
-def read_csv_rows(path: str | Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and ``(line number, row dict)`` pairs of a UTF-8 RFC 4180 CSV, validated.
-
-    Row numbers in errors are line numbers of the file (the header is line 1). Raises
-    :class:`DatasetError` for a missing file, non-UTF-8 bytes, broken quoting, a missing
-    required column or a row with the wrong number of fields. Blank lines are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError("file is missing", file=str(path))
-    reader = csv.reader(io.StringIO(decode_utf8(path.read_bytes(), path), newline=""), strict=True)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DatasetError("file is empty (expected a header line)", file=str(path)) from None
-    except csv.Error as exc:
-        raise DatasetError(f"malformed CSV ({exc})", file=str(path), row=1) from None
-    for col in required:
-        if col not in header:
-            raise DatasetError(f"required column is missing (header: {', '.join(header)})",
-                               file=str(path), row=1, column=col)
-    rows = []
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DatasetError(f"malformed CSV ({exc})", file=str(path),
-                               row=reader.line_num) from None
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            col = header[len(fields)] if len(fields) < len(header) else None
-            raise DatasetError(f"expected {len(header)} fields ({', '.join(header)}), got "
-                               f"{len(fields)} (row = line number in the file)", file=str(path),
-                               row=reader.line_num, column=col)
-        rows.append((reader.line_num, dict(zip(header, fields))))
-    return header, rows
-
-
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Copy ``src`` to ``dst``; returns "copy".
-
-    Never a hard link: the copy must not share an inode with the (read-only) source data, which
-    an in-place write to the built dataset would otherwise change.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        if os.path.samefile(src, dst):
-            return "link"
-        dst.unlink()
-    shutil.copyfile(src, dst)
-    return "copy"
-
-
-def check_out_dir(source: Path, out: Path) -> None:
-    """Refuse to build into the source folder (or a folder holding it)."""
-    s, o = source.resolve(), out.resolve()
-    if o == s or o in s.parents:
-        raise ConfigError(f"output directory {out} would overwrite the source {source}; "
-                          "choose another --out")
 
 
 # ------------------------------------------------------------------------------------ JSON lines
@@ -148,7 +68,7 @@ def read_sticker_jsonl(path: str | Path, out: Path, images: str | Path | None = 
         raise DatasetError("sticker metadata file is missing", file=str(path))
     image_root = Path(images) if images else path.parent
     file, records, first_line = str(path), [], {}
-    counts = {"missing_images": 0, "images_linked": 0, "images_copied": 0}
+    counts = {"missing_images": 0, "images_copied": 0}
     dim = None
     for line, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
@@ -191,8 +111,8 @@ def read_sticker_jsonl(path: str | Path, out: Path, images: str | Path | None = 
                 if src is not None and src.is_file():
                     dest = Path("images", *[p for p in PurePosixPath(rel.replace("\\", "/")).parts
                                              if p not in ("/", ".", "..")])
-                    counts["images_" + ("linked" if link_or_copy(src, out / dest) == "link"
-                                        else "copied")] += 1
+                    copy_image(src, out / dest)
+                    counts["images_copied"] += 1
                     rec["image"] = dest.as_posix()
                 else:
                     counts["missing_images"] += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.format import Dataset, languages_of, write_dataset
-from bench.data.persrv_csv import check_out_dir, link_or_copy, read_csv_rows
+from bench.data.source_io import check_out_dir, copy_image, read_csv_rows, unique_queries
 from bench.data.simulate import simulate_clicks, simulator_config
 from bench.errors import ConfigError, DatasetError
 
@@ -41,17 +41,14 @@ def pack_of(sticker_id: str, digits: int = 3) -> str:
 
 def split_queries(text: str, separators: str, stats: Counter) -> list[str]:
     """Queries of one sticker: split, strip, drop empties, case-insensitive de-duplication."""
-    out, seen = [], set()
+    kept = []
     for q in re.split("[" + re.escape(separators) + "]", text) if separators else [text]:
         q = q.strip()
         if not q:
             stats["empty_queries"] += 1
             continue
-        if q.casefold() in seen:
-            stats["duplicate_queries"] += 1
-            continue
-        seen.add(q.casefold())
-        out.append(q)
+        kept.append(q)
+    out = unique_queries(kept, stats)
     stats["queries"] += len(out)
     return out
 
@@ -107,8 +104,8 @@ def build_sticker_queries(source: str | Path, out: str | Path, *, images: str = 
         image = None
         if image_dir is not None:
             if (image_dir / sid).is_file():
-                how = link_or_copy(image_dir / sid, root / "images" / sid)
-                stats["images_linked" if how == "link" else "images_copied"] += 1
+                copy_image(image_dir / sid, root / "images" / sid)
+                stats["images_copied"] += 1
                 image = f"images/{sid}"
             else:
                 stats["missing_images"] += 1

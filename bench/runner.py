@@ -173,28 +173,34 @@ def request_segments(ds, history, requests):
     """Per request: history length and segment (cold/light/heavy), query language, ``gt_*`` groups.
 
     ``gt_style``/``gt_pack`` of a request is the most common value among its relevant stickers
-    (ground truth, for breakdowns only).
+    (ties: the smallest value; ground truth, for breakdowns only).
     """
+    import numpy as np
     import pandas as pd
 
-    from bench.data.format import languages_of
-    hist = history.groupby("user_id").size()
+    from bench.data.format import text_languages
+    pairs = list(requests.qids.items())
+    frame = pd.DataFrame({"qid": [qid for _, qid in pairs],
+                          "user_id": [req.user_id for req, _ in pairs],
+                          "query": [req.query for req, _ in pairs]})
+    n = frame["user_id"].map(history.groupby("user_id").size()).fillna(0).astype(int)
+    frame["history_clicks"] = n
+    frame["segment"] = np.select([n == 0, n < 10], ["cold", "light"], "heavy")
+    frame["language"] = ["+".join(text_languages(q)) or "other" for q in frame["query"]]
     gt_cols = [c for c in ("gt_style", "gt_pack", "gt_topic") if c in ds.stickers.columns]
-    gt = ds.stickers.set_index("sticker_id")[gt_cols] if gt_cols else None
-    rows = []
-    for req, qid in requests.qids.items():
-        n = int(hist.get(req.user_id, 0))
-        langs = languages_of(pd.Series([req.query]))
-        row = {"qid": qid, "user_id": req.user_id, "query": req.query, "history_clicks": n,
-               "segment": "cold" if n == 0 else ("light" if n < 10 else "heavy"),
-               "language": "+".join(langs) if langs else "other"}
-        if gt is not None:
-            rel = gt.reindex(sorted(requests.relevant[req]))
-            for col in gt_cols:
-                mode = rel[col].dropna().astype(str).mode()
-                row[col] = mode.iloc[0] if len(mode) else None
-        rows.append(row)
-    return pd.DataFrame(rows)
+    if gt_cols:
+        rel = pd.DataFrame([(qid, sid) for req, qid in pairs
+                            for sid in sorted(requests.relevant[req])],
+                           columns=["qid", "sticker_id"])
+        rel = rel.join(ds.stickers.set_index("sticker_id")[gt_cols], on="sticker_id")
+        for col in gt_cols:
+            values = rel[["qid", col]].dropna().astype({col: str})
+            counts = values.groupby(["qid", col]).size().reset_index(name="n")
+            mode = (counts.sort_values(["qid", "n", col], ascending=[True, False, True])
+                    .drop_duplicates("qid").set_index("qid")[col])
+            frame[col] = frame["qid"].map(mode).astype(object)
+            frame[col] = frame[col].where(frame[col].notna(), None)
+    return frame
 
 
 def history_sample(view, ds, n_users: int = 3):

@@ -141,11 +141,15 @@ def languages_of(texts: pd.Series, sample: int = 5000) -> list[str]:
     s = texts.dropna().astype(str)
     if len(s) > sample:
         s = s.sample(sample, random_state=0)
-    joined = "".join(s.tolist())
+    return text_languages("".join(s.tolist()))
+
+
+def text_languages(text: str) -> list[str]:
+    """Rough language tags of one text: 'en' if it has Latin letters, 'zh' if CJK characters."""
     langs = []
-    if any("a" <= ch.lower() <= "z" for ch in joined):
+    if any("a" <= ch.lower() <= "z" for ch in text):
         langs.append("en")
-    if any("\u4e00" <= ch <= "\u9fff" for ch in joined):
+    if any("\u4e00" <= ch <= "\u9fff" for ch in text):
         langs.append("zh")
     return langs
 

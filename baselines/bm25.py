@@ -39,7 +39,8 @@ import pandas as pd
 
 from bench.data.format import text_columns
 from bench.errors import ConfigError
-from bench.retrieval import Request, Run, TrainView, register
+from bench.retrieval import Request, Run, TrainView
+from bench.registry import register
 from bench.text import CHINESE_MODES, Tokenizer
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import pandas as pd
 
 from baselines.bm25 import field_texts, resolve_fields
 from bench.errors import ConfigError
-from bench.retrieval import Request, Run, TrainView, register
+from bench.retrieval import Request, Run, TrainView
+from bench.registry import register
 
 log = logging.getLogger(__name__)
 

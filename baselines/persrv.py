@@ -44,7 +44,8 @@ from bench.persrv.fields import MultiFieldBM25
 from bench.persrv.personalization import (ClusterConfig, UserClusters, cluster_users,
                                           inverse_norms, rerank, user_points)
 from bench.persrv.utility import UtilityConfig, utility_boost, utility_values
-from bench.retrieval import Request, Run, TrainView, register
+from bench.retrieval import Request, Run, TrainView
+from bench.registry import register
 from bench.text import CHINESE_MODES, Tokenizer
 
 log = logging.getLogger(__name__)

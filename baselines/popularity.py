@@ -6,7 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.retrieval import Request, Run, TrainView, register
+from bench.retrieval import Request, Run, TrainView
+
+from bench.registry import register
 
 
 @register("popularity")

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.retrieval import Request, Run, TrainView, register
+from bench.retrieval import Request, Run, TrainView
+
+from bench.registry import register
 
 #: Corpora up to this size draw a full permutation; larger ones draw with rejection.
 _PERMUTE_MAX = 4096

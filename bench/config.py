@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bench.errors import ConfigError
+from bench.features.config import FeaturesConfig, is_union_tag
 
 
 class _Strict(BaseModel):
@@ -57,7 +58,7 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     dataset: DatasetSpec
     split: SplitSpec = Field(default_factory=SplitSpec)
-    features: dict[str, Any] = Field(default_factory=dict)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
     eval_split: Literal["test", "validation"] = "test"
@@ -95,7 +96,7 @@ class ExperimentConfig(_Strict):
 
 
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    return ".".join(str(p) for p in loc if not is_union_tag(p)) or "(top level)"
 
 
 def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
@@ -106,14 +107,18 @@ def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         lines = []
-        for err in exc.errors():
+        # an unknown key first, the deepest location first (a union's branches fail alike)
+        for err in sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden",
+                                                      -len(e["loc"])))[:3]:
             loc = _format_loc(err["loc"])
             if err["type"] == "extra_forbidden":
                 lines.append(f"unknown key {loc!r}")
             elif err["type"] == "missing":
                 lines.append(f"missing key {loc!r}")
             else:
-                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
+                got = repr(err.get("input"))
+                got = got if len(got) <= 80 else got[:77] + "..."
+                lines.append(f"{loc!r}: {err['msg']} (got {got})")
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 

@@ -287,7 +287,7 @@ def load_data(cfg: PerfConfig, clock: StageClock, echo: Callable[[str], None] = 
     from bench.data.resolve import resolve_dataset
     from bench.data.splits import split_interactions
     from bench.features.cache import FeatureCache
-    from bench.retrieval import TrainView
+    from bench.retrieval import leak_safe_view
     from bench.runner import attach_configured_features
     built = None
     if cfg.dataset_dir is None:
@@ -301,10 +301,9 @@ def load_data(cfg: PerfConfig, clock: StageClock, echo: Callable[[str], None] = 
         requests = cap_requests(all_requests, cfg.requests)
     with clock.stage("data", "features"):
         stickers, embeddings, _ = attach_configured_features(ds, {})
-        public = stickers[[c for c in stickers.columns if not c.startswith("gt_")]]
-        view = TrainView(stickers=public, clicks=splits.history_for("test"), meta=ds.meta,
-                         root=ds.root, embeddings=embeddings, cache=FeatureCache(None),
-                         seed=cfg.seed)
+        view = leak_safe_view(stickers, splits.history_for("test"), meta=ds.meta,
+                              root=ds.root, embeddings=embeddings, cache=FeatureCache(None),
+                              seed=cfg.seed)
     return PerfData(ds, splits, requests, view, len(all_requests), built)
 
 
@@ -312,7 +311,7 @@ def load_data(cfg: PerfConfig, clock: StageClock, echo: Callable[[str], None] = 
 
 def default_retrievers() -> list[str]:
     """bm25, persrv and every registered persrv-* variant (recall-sharing ones adjacent)."""
-    from bench.retrieval import registry
+    from bench.registry import registry
     names = [n for n in registry() if n == "persrv" or n.startswith("persrv-")]
     return [n for n in ORDER if n in names or n == "bm25"] + \
         sorted(n for n in names if n not in ORDER)
@@ -343,7 +342,8 @@ def measure_retriever(name: str, data: PerfData, cfg: PerfConfig, clock: StageCl
     the Run), its fit through :data:`FIT_STAGES`; a retriever without those has ``index`` (fit)
     and ``recall`` (the whole search)."""
     from bench.metrics import evaluate_run, metric_name
-    from bench.retrieval import Run, get_params, iter_batches, make_retriever
+    from bench.retrieval import Run, iter_batches
+    from bench.registry import get_params, make_retriever
     label = label or name
     params = retriever_params(name, cfg)
     retriever = make_retriever(name, params)
@@ -410,7 +410,8 @@ def measure_sweep_trial(data: PerfData, cfg: PerfConfig, clock: StageClock,
     first (``first trial``: recall pools computed), then the timed trial
     ``with_params(n_clusters=...)`` re-clusters every user, re-ranks and scores."""
     from bench.metrics import evaluate_run, metric_name
-    from bench.retrieval import Run, iter_batches, make_retriever
+    from bench.retrieval import Run, iter_batches
+    from bench.registry import make_retriever
     view = dataclasses.replace(data.view, clicks=data.splits.history_for("validation"))
     requests = cap_requests(data.splits.requests("validation"), cfg.requests)
 

@@ -112,7 +112,7 @@ def _is_top_k_under(exact: np.ndarray, got: list[int], k: int) -> bool:
 
 def compare_rank_bm25(bm25, data, cfg, clock, ours: dict[str, Any]) -> dict[str, Any]:
     """rank-bm25 vs the bm25s baseline (module doc): timings and the top-k identity check."""
-    from bench.retrieval import get_params, make_retriever
+    from bench.registry import get_params, make_retriever
     from bench.retrieval import iter_batches
     reqs = data.requests.requests
     idx = _sample(len(reqs), cfg.rank_bm25_sample, cfg.seed)

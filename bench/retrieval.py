@@ -1,30 +1,18 @@
-"""Requests, runs, the retriever protocol and the registry (DESIGN §5).
+"""Requests, runs, the train view and the retriever protocol (DESIGN §5).
 
-A retriever is a class registered with ``@register("name")``: its ``__init__`` only stores typed
-parameters (scikit-learn style), ``fit(train)`` builds indexes from a :class:`TrainView`,
-``search(requests, k)`` answers a batch and returns a :class:`Run`. Third-party packages add
-retrievers through the entry-point group ``persrv_bench.retrievers`` (each entry point names a
-retriever class, or a module whose import registers some).
+A retriever's ``__init__`` only stores typed parameters (scikit-learn style), ``fit(train)`` builds
+indexes from a :class:`TrainView`, ``search(requests, k)`` answers a batch and returns a
+:class:`Run`. The registry (``@register("name")``, entry points) lives in :mod:`bench.registry`.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
-from bench.errors import ConfigError
-
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "persrv_bench.retrievers"
-BUILTIN_MODULES = ("baselines",)
-
 
 @dataclass(frozen=True, order=True)
 class Request:
@@ -58,6 +46,18 @@ class TrainView:
     @property
     def sticker_ids(self) -> list[str]:
         return self.stickers["sticker_id"].tolist()
+
+
+def leak_safe_view(stickers: "pd.DataFrame", clicks: "pd.DataFrame", *, meta: dict | None = None,
+                   root: Path | None = None, embeddings: Any = None, cache: Any = None,
+                   seed: int = 0) -> TrainView:
+    """The one place a :class:`TrainView` is built for a retriever (DESIGN §3): ground-truth
+    ``gt_*`` columns are dropped from the corpus, and ``clicks`` must already be the fitting
+    history of the split being evaluated (``Splits.history_for``). Used by run, sweep and perf."""
+    public = stickers[[c for c in stickers.columns if not str(c).startswith("gt_")]]
+    clicks = clicks[[c for c in clicks.columns if not str(c).startswith("gt_")]]
+    return TrainView(stickers=public, clicks=clicks, meta=dict(meta or {}), root=root,
+                     embeddings=embeddings, cache=cache, seed=seed)
 
 
 class Run:
@@ -143,97 +143,6 @@ class Retriever(Protocol):
     def fit(self, train: TrainView) -> "Retriever": ...
 
     def search(self, requests: Sequence[Request], k: int) -> Run: ...
-
-
-# ---------------------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type] = {}
-_LOADED = False
-
-
-def register(name: str):
-    """Class decorator: make a retriever available under ``name`` in configs and the CLI."""
-    def deco(cls: type) -> type:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls and \
-                f"{existing.__module__}.{existing.__qualname__}" != f"{cls.__module__}.{cls.__qualname__}":
-            raise ValueError(f"retriever name {name!r} is already registered by "
-                             f"{existing.__module__}.{existing.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return deco
-
-
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
-    from importlib.metadata import entry_points
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the harness
-            log.warning("could not load retriever entry point %s (%s): %s", ep.name, ep.value, exc)
-            continue
-        if inspect.isclass(obj) and ep.name not in _REGISTRY:
-            register(ep.name)(obj)
-
-
-def registry() -> dict[str, type]:
-    """All registered retrievers (built-in baselines and entry-point plugins), by name."""
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_retriever_class(name: str) -> type:
-    reg = registry()
-    if name not in reg:
-        import difflib
-        close = difflib.get_close_matches(name, reg, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown retriever {name!r}.{hint} Registered: {', '.join(reg)}")
-    return reg[name]
-
-
-def param_specs(cls: type) -> dict[str, inspect.Parameter]:
-    """The constructor parameters of a retriever class (its tunable, logged parameters)."""
-    sig = inspect.signature(cls.__init__)
-    return {n: p for n, p in sig.parameters.items()
-            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def make_retriever(name: str, params: dict[str, Any] | None = None) -> Any:
-    """Construct a registered retriever; unknown parameters are a :class:`ConfigError`."""
-    cls = get_retriever_class(name)
-    params = dict(params or {})
-    specs = param_specs(cls)
-    for key in params:
-        if key not in specs:
-            import difflib
-            close = difflib.get_close_matches(key, specs, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"retriever {name!r} has no parameter {key!r}.{hint} "
-                              f"Parameters: {', '.join(specs) or '(none)'}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"retriever {name!r}: {exc}") from None
-
-
-def get_params(retriever: Any) -> dict[str, Any]:
-    """Current parameter values of a retriever (constructor parameters read back as attributes)."""
-    return {n: getattr(retriever, n, p.default) for n, p in param_specs(type(retriever)).items()}
-
-
-def describe_retriever(cls: type) -> str:
-    """First line of the class docstring."""
-    doc = inspect.getdoc(cls) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:

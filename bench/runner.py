@@ -54,18 +54,17 @@ def prepare(cfg: ExperimentConfig):
     """Dataset, splits, requests and the train view with offline features attached."""
     from bench.data.resolve import resolve_dataset
     from bench.data.splits import SplitConfig, split_interactions
-    from bench.retrieval import TrainView
+    from bench.retrieval import leak_safe_view
 
     ds = resolve_dataset(cfg.dataset)
     splits = split_interactions(ds.interactions, SplitConfig(**cfg.split.model_dump()))
     requests = splits.requests(cfg.eval_split)
     check_usable(ds, requests, cfg)  # before the (expensive) features
     stickers, embeddings, feature_report = attach_configured_features(ds, cfg.features)
-    public = stickers[[c for c in stickers.columns if not c.startswith("gt_")]]
     from bench.features.cache import FeatureCache
-    view = TrainView(stickers=public, clicks=splits.history_for(cfg.eval_split), meta=ds.meta,
-                     root=ds.root, embeddings=embeddings,
-                     cache=FeatureCache(cfg.features.get("cache_dir")), seed=cfg.seed)
+    view = leak_safe_view(stickers, splits.history_for(cfg.eval_split), meta=ds.meta,
+                          root=ds.root, embeddings=embeddings,
+                          cache=FeatureCache(cfg.features.cache_dir), seed=cfg.seed)
     return ds, splits, requests, view, feature_report
 
 
@@ -86,33 +85,13 @@ def check_usable(ds, requests, cfg: ExperimentConfig) -> None:
         raise DatasetError(f"dataset {ds.name} {what}", file=str(root / INTERACTIONS_FILE))
 
 
-def features_config(features: dict[str, Any] | None):
-    """The validated ``features:`` section (a :class:`ConfigError` names the bad key)."""
-    from pydantic import ValidationError
-
-    from bench.errors import ConfigError
-    from bench.features.extract import FeaturesConfig
-    try:
-        return FeaturesConfig.model_validate(features or {})
-    except ValidationError as exc:
-        # ``ocr: {psmm: 6}`` fails both union branches (bool, OcrConfig): name the deepest,
-        # an unknown key first, without pydantic's branch tags in the key
-        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden",
-                                                     -len(e["loc"])))
-        err = errors[0]
-        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"features.{loc}: {what}") from None
+def features_config(features):
+    """The validated ``features:`` section (see :func:`bench.features.config.validate_features`)."""
+    from bench.features.config import validate_features
+    return validate_features(features)
 
 
-def _is_union_tag(part: Any) -> bool:
-    """A pydantic error-location entry naming a union branch (``bool``, ``OcrConfig``)."""
-    return isinstance(part, str) and (part in ("bool", "int", "float", "str", "none")
-                                      or part[:1].isupper() or "[" in part
-                                      or part.startswith("function-"))
-
-
-def attach_configured_features(ds, features: dict[str, Any]):
+def attach_configured_features(ds, features):
     """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
     from bench.features.cache import FeatureCache
     from bench.features.extract import attach_features
@@ -123,13 +102,12 @@ def attach_configured_features(ds, features: dict[str, Any]):
 def check_config(cfg: ExperimentConfig) -> None:
     """Fail before any expensive work on what the config alone shows is wrong: an unknown
     retriever or retriever parameter (construction is cheap, DESIGN §5), a bad features key."""
-    from bench.retrieval import make_retriever
+    from bench.registry import make_retriever
     for i, spec in enumerate(cfg.retrievers):
         try:
             make_retriever(spec.name, spec.params)
         except BenchError as exc:
             raise type(exc)(f"retrievers.{i} ({spec.display}): {exc}") from None
-    features_config(cfg.features)
 
 
 #: Keys of the feature report logged with the parent run (what was missing, by reason).
@@ -142,7 +120,8 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
     from tqdm.auto import tqdm
 
     from bench.metrics import evaluate_run
-    from bench.retrieval import Run, get_params, iter_batches, make_retriever
+    from bench.retrieval import Run, iter_batches
+    from bench.registry import get_params, make_retriever
 
     retriever = make_retriever(spec.name, spec.params)
     t0 = time.perf_counter()

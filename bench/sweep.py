@@ -265,7 +265,7 @@ def resolve_target(space: SearchSpace, cfg: ExperimentConfig) -> RetrieverSpec:
     """The retriever a space tunes: a configured label, else the one configured retriever of that
     registered name, else the registered name with no base params; without ``retriever:`` the
     config's only retriever, or the one labelled persrv."""
-    from bench.retrieval import registry
+    from bench.registry import registry
     labels = {s.display: s for s in cfg.retrievers}
     name = space.retriever
     if name is None:
@@ -295,7 +295,7 @@ class SweepSession:
     """Per-process state shared by every trial: data, features per encoder, fitted bases."""
 
     def __init__(self, cfg: ExperimentConfig, spec: RetrieverSpec, ks: list[int], depth: int):
-        from bench.retrieval import get_retriever_class
+        from bench.registry import get_retriever_class
         from bench.runner import prepare
         self.cfg = cfg
         self.spec = spec
@@ -311,7 +311,7 @@ class SweepSession:
 
     # -------------------------------------------------------------------------- features
     def _effective_features(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        feats = copy.deepcopy(dict(self.cfg.features))
+        feats = copy.deepcopy(self.cfg.features.raw())
         for key, value in overrides.items():
             if key == "encoder_params":
                 merged = dict(feats.get("encoder_params") or {})
@@ -325,7 +325,7 @@ class SweepSession:
         """The features a view is built with, normalised: defaults filled in, and ``auto``
         replaced by the encoder it resolved to for this dataset, so a trial asking for the
         encoder the config already uses gets the shared base view and base retriever."""
-        from bench.features.extract import FeaturesConfig
+        from bench.features.config import FeaturesConfig
         feats = self._effective_features(overrides)
         try:
             norm = FeaturesConfig.model_validate(feats).model_dump(mode="json")
@@ -338,7 +338,7 @@ class SweepSession:
     def view_for(self, overrides: dict[str, Any], base_view=None, ds=None):
         """A TrainView with the features of ``overrides`` (embeddings from the cache after the
         first time; one view per encoder setting per process)."""
-        from bench.retrieval import TrainView
+        from bench.retrieval import leak_safe_view
         from bench.runner import attach_configured_features
         base_view = base_view or self.view
         ds = ds or self.ds
@@ -349,17 +349,16 @@ class SweepSession:
             return base_view
         stickers, embeddings, _ = attach_configured_features(ds, self._effective_features(
             overrides))
-        public = stickers[[c for c in stickers.columns if not c.startswith("gt_")]]
-        view = TrainView(stickers=public, clicks=base_view.clicks, meta=base_view.meta,
-                         root=base_view.root, embeddings=embeddings, cache=base_view.cache,
-                         seed=base_view.seed)
+        view = leak_safe_view(stickers, base_view.clicks, meta=base_view.meta,
+                              root=base_view.root, embeddings=embeddings, cache=base_view.cache,
+                              seed=base_view.seed)
         if base_view is self.view:
             self._views[key] = view
         return view
 
     # ------------------------------------------------------------------------ retrievers
     def retriever(self, rparams: dict[str, Any], features: dict[str, Any]):
-        from bench.retrieval import make_retriever
+        from bench.registry import make_retriever
         view = self.view_for(features)
         if hasattr(self.cls, "with_params"):
             key = self._features_key(features)
@@ -459,7 +458,7 @@ class StudyRun:
 
 def _config_key(cfg: ExperimentConfig, spec: RetrieverSpec, space: SearchSpace) -> str:
     body = {"dataset": cfg.dataset.model_dump(mode="json"), "split": cfg.split.model_dump(),
-            "features": cfg.features, "retriever": spec.model_dump(mode="json"),
+            "features": cfg.features.raw(), "retriever": spec.model_dump(mode="json"),
             "seed": cfg.seed, "space": space.fingerprint()}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -573,7 +572,7 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
     elif isinstance(space, dict):
         space = parse_space(space)
     spec = resolve_target(space, cfg)
-    from bench.retrieval import get_retriever_class, make_retriever, param_specs
+    from bench.registry import get_retriever_class, make_retriever, param_specs
     space.check_names(spec.name, param_specs(get_retriever_class(spec.name)))
     make_retriever(spec.name, dict(spec.params))  # the base parameters, before any work
     n_trials = n_trials or space.n_trials
@@ -650,7 +649,7 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
                 "retriever": spec.name, "retriever_label": spec.display,
                 "base_params": dict(spec.params), "objective": space.objective_name,
                 "direction": space.direction, "space": _flat_space(space),
-                "features": cfg.features, "split": cfg.split.model_dump(),
+                "features": cfg.features.raw(), "split": cfg.split.model_dump(),
                 "dataset": cfg.dataset.model_dump(mode="json"),
             })
             tracker.log_artifact(study_run.run_id, folder / "space.yaml")

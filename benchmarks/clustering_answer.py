@@ -74,7 +74,7 @@ def run_dataset(name: str, spec: dict, args, echo) -> dict | None:
     import dataclasses
 
     from bench.config import load_config
-    from bench.retrieval import make_retriever
+    from bench.registry import make_retriever
     from bench.runner import prepare
     cfg_path = REPO / spec["config"]
     cfg = load_config(cfg_path)

@@ -26,7 +26,8 @@ import yaml
 from PIL import Image
 
 from bench.data.format import write_dataset
-from bench.retrieval import Request, TrainView, make_retriever
+from bench.retrieval import Request, TrainView
+from bench.registry import make_retriever
 
 from conftest import make_tiny_frames, run_main
 

@@ -10,7 +10,8 @@ from baselines.dense_text import DenseTextRetriever, resolve_model, top_k_dense
 from baselines.popularity import PopularityRetriever
 from baselines.random import RandomRetriever, sample_positions
 from bench.features.cache import FeatureCache
-from bench.retrieval import Request, TrainView, describe_retriever, get_params, registry
+from bench.retrieval import Request, TrainView
+from bench.registry import describe_retriever, get_params, registry
 
 
 def make_train(n=None, texts=None, clicks=(), **kwargs) -> TrainView:

@@ -12,7 +12,8 @@ import pytest
 import baselines.bm25 as bm25_mod
 from baselines.bm25 import BM25Retriever, historical_queries, resolve_fields
 from bench.errors import ConfigError
-from bench.retrieval import Request, TrainView, describe_retriever, get_params, make_retriever
+from bench.retrieval import Request, TrainView
+from bench.registry import describe_retriever, get_params, make_retriever
 from bench.text import Tokenizer
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bench.commands.evaluate_cmd import evaluate as evaluate_command
+from bench.cli.evaluate_cmd import evaluate as evaluate_command
 from bench.data.splits import Requests
 from bench.errors import BenchError, DatasetError
 from bench.evaluate import (evaluate_files, format_table, read_qrels, read_trec_run, read_users,

@@ -79,7 +79,8 @@ def test_okapi_rescale_gives_rank_bm25_scores():
     from rank_bm25 import BM25Okapi
 
     from baselines.bm25 import field_texts
-    from bench.retrieval import TrainView, make_retriever
+    from bench.retrieval import TrainView
+    from bench.registry import make_retriever
     stickers, clicks = make_tiny_frames()
     stickers = stickers.drop(columns=["embedding"])
     stickers.loc[:9, "text"] += " common"  # in 10 of 15 documents: negative idf, floored

@@ -12,7 +12,8 @@ import pytest
 from baselines.persrv import (PerSRV, PerSRVBM25, PerSRVNoOCR, PerSRVNoPersonalization,
                               PerSRVNoUtility)
 from bench.errors import ConfigError
-from bench.retrieval import Request, TrainView, describe_retriever, get_params, make_retriever
+from bench.retrieval import Request, TrainView
+from bench.registry import describe_retriever, get_params, make_retriever
 
 
 def style_vec(style: int, angle_deg: float, content: float) -> list[float]:
@@ -208,7 +209,9 @@ def test_no_searchable_field_returns_empty_rankings():
     search, so every ranking is empty (not a crash)."""
     import pandas as pd
 
-    from bench.retrieval import Request, TrainView, make_retriever
+    from bench.retrieval import Request, TrainView
+
+    from bench.registry import make_retriever
     stickers = pd.DataFrame({"sticker_id": ["a", "b", "c"], "image": [None] * 3})
     clicks = pd.DataFrame({"user_id": ["u", "u"], "query": ["cat", "dog"],
                            "sticker_id": ["a", "b"], "ts": [1, 2]})

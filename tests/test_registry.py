@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from bench.errors import ConfigError
-from bench.retrieval import Request, Run, get_params, make_retriever, register, registry
+from bench.retrieval import Request, Run
+from bench.registry import get_params, make_retriever, register, registry
 
 
 def test_builtin_baselines_registered():
@@ -60,7 +61,8 @@ def test_entry_point_plugin_is_discovered(tmp_path):
         "[persrv_bench.retrievers]\necho = my_plugin:EchoRetriever\n")
     code = textwrap.dedent('''
         import pandas as pd
-        from bench.retrieval import Request, TrainView, make_retriever, registry
+        from bench.retrieval import Request, TrainView
+        from bench.registry import make_retriever, registry
         assert "echo" in registry(), sorted(registry())
         r = make_retriever("echo", {"boost": 5.0})
         view = TrainView(stickers=pd.DataFrame({"sticker_id": ["a", "b"], "image": [None, None]}),

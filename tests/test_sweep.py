@@ -66,7 +66,7 @@ def _runs(cfg, experiment="tiny"):
 
 
 def _checked(raw):
-    from bench.retrieval import get_retriever_class, param_specs
+    from bench.registry import get_retriever_class, param_specs
     space = parse_space(raw, source="space.yaml")
     space.check_names("persrv", param_specs(get_retriever_class("persrv")))
     return space
@@ -115,7 +115,7 @@ def test_space_errors_name_the_key(raw, expected):
 
 
 def test_space_files_in_the_repository_are_valid():
-    from bench.retrieval import get_retriever_class, param_specs
+    from bench.registry import get_retriever_class, param_specs
     from bench.sweep_space import load_space
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
         space = load_space(path)

@@ -422,7 +422,8 @@ def test_describe_fills_the_cache_that_run_uses(vlm_dataset, tmp_path):
     field; the base-vs-fine-tuned ablation is the `features.descriptions` switch."""
     from bench.data.format import load_dataset
     from bench.features.extract import attach_features
-    from bench.retrieval import Request, TrainView, make_retriever
+    from bench.retrieval import Request, TrainView
+    from bench.registry import make_retriever
     cache = FeatureCache(tmp_path / "cache")
     ds = load_dataset(vlm_dataset)
     frame = describe_stickers(vlm_dataset, {"tiny": True}, None, batch_size=4, max_new_tokens=4,

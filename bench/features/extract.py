@@ -21,59 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.features.cache import FeatureCache
 from bench.features.encoders import ENCODERS, embed_stickers, make_encoder
-from bench.features.ocr import OcrConfig, ocr_stickers
+from bench.features.config import FeaturesConfig, OcrConfig
+from bench.features.ocr import ocr_stickers
 
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS_EXTRACTOR = "vlm-descriptions"
 #: Columns of a descriptions entry that are bookkeeping, not text to merge.
 _NOT_TEXT = {"sticker_id", "missing", "status", "error", "seconds"}
-
-
-class FeaturesConfig(BaseModel):
-    """Which offline features to compute (the ``features:`` section of an experiment config).
-
-    ``ocr``: True (defaults), False, or :class:`OcrConfig` fields as a dict. ``encoder``:
-    "auto" (``precomputed`` if the stickers have an ``embedding`` column, else ``style-stats`` if
-    they have images, else none), one of :data:`bench.features.encoders.ENCODERS`, or None.
-    Chinese datasets (``languages`` has "zh") are OCR'd with ``chi_sim`` unless ``ocr.lang`` is
-    set. ``descriptions``: the VLM descriptions to merge when cached — "base" or an adapter id;
-    None merges none. ``workers``: parallel OCR processes / image-loading threads (an
-    ``ocr.workers`` overrides it for OCR). ``cache_dir``: None = ``$PERSRV_BENCH_CACHE`` or the
-    user cache dir.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    ocr: bool | OcrConfig = True
-    encoder: str | None = "auto"
-    encoder_params: dict[str, Any] = Field(default_factory=dict)
-    descriptions: str | None = "base"
-    workers: int = Field(2, ge=1)
-    cache_dir: str | None = None
-
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, v: str | None) -> str | None:
-        if v is not None and v != "auto" and v not in ENCODERS:
-            raise ValueError(f"unknown encoder {v!r}; choose one of auto, {', '.join(ENCODERS)} "
-                             "or null")
-        return v
-
-    def ocr_config(self, languages: list[str] | None = None) -> OcrConfig | None:
-        """The OCR settings to use, or None when OCR is off. Unless ``lang`` is given, a
-        dataset whose languages include "zh" is read with ``chi_sim`` — on rendered captions it
-        beat ``eng+chi_sim`` on Chinese (CER 0.012 vs 0.057, 60 captions; short ones like 早上好
-        were read as Latin junk) and read mixed Chinese/English as well (CER 0.013 both)."""
-        if self.ocr is False:
-            return None
-        ocr = OcrConfig() if self.ocr is True else self.ocr
-        update: dict[str, Any] = {}
-        if "workers" not in ocr.model_fields_set:
-            update["workers"] = self.workers
-        if "lang" not in ocr.model_fields_set and "zh" in (languages or []):
-            update["lang"] = "chi_sim"
-        return ocr.model_copy(update=update) if update else ocr
 
 
 # --------------------------------------------------------------------------- VLM descriptions

@@ -55,6 +55,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.errors import BenchError
+from bench.features.config import OcrConfig
 from bench.features.images import BLACK, WHITE, count_reasons, flatten, load_rgba_checked
 
 log = logging.getLogger(__name__)
@@ -70,38 +71,6 @@ INSTALL_HINT = ("install it: apt-get install tesseract-ocr tesseract-ocr-chi-sim
 
 class OcrUnavailable(BenchError):
     """tesseract (or a language's data) is not installed."""
-
-
-class OcrConfig(BaseModel):
-    """How stickers are OCR'd. Every field but ``workers`` is part of the cache key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
-    psm: Literal[3, 4, 6, 7, 11, 12, 13] = 11  #: 11 = sparse text, 6 = one text block
-    frames: int = Field(1, ge=1)       #: animated images: frames read (stacked vertically)
-    min_size: int = Field(256, ge=0)   #: upscale so the shorter side is at least this (px)
-    max_upscale: float = Field(4.0, ge=1.0)
-    max_size: int = Field(2400, ge=64)  #: downscale so the longer side is at most this (px)
-    border: int = Field(16, ge=0)      #: white border added around the image (px)
-    flatten: Literal["white", "black", "both"] = "both"
-    min_conf: float = Field(50.0, ge=0, le=100)  #: words below this confidence are dropped
-    symbols: bool = False              #: keep "words" without any letter or digit ("©", "@®")
-    dictionary: bool = True            #: tesseract's word lists (False: load_*_dawg=0)
-    workers: int = Field(2, ge=1)      #: parallel tesseract processes (not in the cache key)
-    batch: int = Field(64, ge=1)       #: images per tesseract process (one model load each);
-    #: a cache part holds batch x workers stickers (the most an interruption loses)
-
-    @field_validator("lang")
-    @classmethod
-    def _lang(cls, v: str) -> str:
-        parts = [p.strip() for p in v.split("+") if p.strip()]
-        if not parts:
-            raise ValueError("lang must name at least one tesseract language, e.g. 'eng'")
-        return "+".join(parts)
-
-    def cache_params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"workers", "batch"})
 
 
 # ------------------------------------------------------------------------------ tesseract itself

@@ -21,7 +21,7 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    from bench.retrieval import get_retriever_class
+    from bench.registry import get_retriever_class
     for name in names:
         get_retriever_class(name)  # ConfigError naming the registered ones
     return names

@@ -42,12 +42,12 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              lazy={
-                 "evaluate": "bench.commands.evaluate_cmd:evaluate",
-                 "train-vlm": "bench.commands.vlm_cmds:train_vlm",
-                 "describe": "bench.commands.vlm_cmds:describe",
-                 "sweep": "bench.commands.sweep_cmd:sweep",
-                 "perf": "bench.commands.perf_cmd:perf",
-                 "report": "bench.commands.report_cmd:report",
+                 "evaluate": "bench.cli.evaluate_cmd:evaluate",
+                 "train-vlm": "bench.cli.vlm_cmds:train_vlm",
+                 "describe": "bench.cli.vlm_cmds:describe",
+                 "sweep": "bench.cli.sweep_cmd:sweep",
+                 "perf": "bench.cli.perf_cmd:perf",
+                 "report": "bench.cli.report_cmd:report",
              })
 @click.version_option(__version__, prog_name="persrv-bench")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -137,7 +137,7 @@ def retrievers_cmd() -> None:
     """List registered retrievers with their parameters and defaults."""
     import inspect
 
-    from bench.retrieval import describe_retriever, param_specs, registry
+    from bench.registry import describe_retriever, param_specs, registry
     for name, cls in registry().items():
         click.echo(f"{name}: {describe_retriever(cls)}")
         for pname, p in param_specs(cls).items():

@@ -1,0 +1,159 @@
+"""The MLflow schema (DESIGN §8): the one place that knows run names, tag keys and kinds.
+
+Every writer (benchmark run, sweep, perf, VLM training) builds its tags here, so the names the UI
+and ``persrv-bench report`` rely on are defined once. Metric names live in :mod:`bench.metrics`.
+
+Kinds (tag ``persrv.kind``): ``benchmark`` (a ``run`` parent), ``retriever`` (its children),
+``sweep`` (a study), ``trial`` and ``best-on-test`` (the study's children), ``perf``, ``vlm-train``,
+``vlm-bench``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KIND = "persrv.kind"
+KIND_BENCHMARK = "benchmark"
+KIND_RETRIEVER = "retriever"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+KIND_BEST_ON_TEST = "best-on-test"
+KIND_PERF = "perf"
+KIND_VLM_TRAIN = "vlm-train"
+KIND_VLM_BENCH = "vlm-bench"
+
+GIT_COMMIT = "mlflow.source.git.commit"
+PARENT_RUN_ID = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+#: MLflow 3 opens an experiment with this tag on its training-runs table, not the GenAI page.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_VALUE = "custom_model_development"
+
+DATASET_NAME = "dataset.name"
+DATASET_FINGERPRINT = "dataset.fingerprint"
+DATASET_SIMULATED = "dataset.simulated_users"
+DATASET_PATH = "dataset.path"
+CONFIG_HASH = "config.hash"
+CONFIG_PATH = "config.path"
+RETRIEVER_NAME = "retriever.name"
+RETRIEVER_LABEL = "retriever.label"
+BEST_RETRIEVER = "best_retriever"
+STUDY_NAME = "optuna.study_name"
+TRIAL_NUMBER = "optuna.trial_number"
+TRIAL_STATE = "optuna.trial_state"
+BEST_TRIAL = "optuna.best_trial"
+EVAL_SPLIT = "eval_split"
+ERROR = "error"
+
+#: Sweep study user attributes (stored in Optuna, not MLflow, but part of the same contract).
+ATTR_BEST_ON_TEST = "persrv.best_on_test"
+ATTR_STUDY_KEY = "persrv.study_key"
+ATTR_MLFLOW_RUN = "persrv.mlflow_run_id"
+ATTR_HEARTBEAT = "persrv.heartbeat"
+ATTR_GRID_POINT = "persrv.grid_point"
+
+
+def experiment_tags() -> dict[str, str]:
+    """Tags every experiment the harness creates carries."""
+    return {EXPERIMENT_KIND: EXPERIMENT_KIND_VALUE}
+
+
+def dataset_tags(ds: Any) -> dict[str, str]:
+    """Name, fingerprint, whether users are simulated, and the resolved directory of a dataset."""
+    meta = getattr(ds, "meta", None) or {}
+    tags = {DATASET_NAME: str(ds.name), DATASET_FINGERPRINT: str(ds.fingerprint),
+            DATASET_SIMULATED: str(bool(meta.get("simulator")))}
+    root = getattr(ds, "root", None)
+    if root is not None:
+        tags[DATASET_PATH] = str(root)
+    return tags
+
+
+def error_tag(error: str | None) -> dict[str, str]:
+    return {ERROR: error[:5000]} if error else {}
+
+
+def parent_run_name(config_name: str) -> str:
+    return config_name
+
+
+def parent_tags(ds: Any, *, config_hash: str, config_path: str | None,
+                git_commit: str | None) -> dict[str, str]:
+    """Tags of a benchmark run's parent."""
+    return {KIND: KIND_BENCHMARK, GIT_COMMIT: git_commit or "unknown", **dataset_tags(ds),
+            CONFIG_HASH: config_hash, CONFIG_PATH: config_path or ""}
+
+
+def child_run_name(label: str) -> str:
+    return label
+
+
+def child_tags(ds: Any, *, name: str, label: str, error: str | None = None) -> dict[str, str]:
+    """Tags of one retriever's child run."""
+    return {KIND: KIND_RETRIEVER, RETRIEVER_NAME: name, RETRIEVER_LABEL: label,
+            DATASET_NAME: str(ds.name), DATASET_FINGERPRINT: str(ds.fingerprint),
+            **error_tag(error)}
+
+
+def study_run_name(study_name: str) -> str:
+    return f"sweep-{study_name}"
+
+
+def study_run_filter(study_name: str) -> str:
+    """MLflow search filter that finds a study's run."""
+    return f"tags.`{KIND}` = '{KIND_SWEEP}' and tags.`{STUDY_NAME}` = '{study_name}'"
+
+
+def study_tags(ds: Any, *, study_name: str, config_hash: str, git_commit: str | None,
+               **extra: Any) -> dict[str, str]:
+    """Tags of a sweep's study run (``extra``: storage, sampler, direction, space, ...)."""
+    return {KIND: KIND_SWEEP, STUDY_NAME: study_name, GIT_COMMIT: git_commit or "unknown",
+            **dataset_tags(ds), CONFIG_HASH: config_hash, EVAL_SPLIT: "validation",
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number}"
+
+
+def trial_tags(*, study_name: str, number: int, state: str, retriever: str,
+               error: str | None = None) -> dict[str, str]:
+    return {KIND: KIND_TRIAL, STUDY_NAME: study_name, TRIAL_NUMBER: str(number),
+            TRIAL_STATE: state, RETRIEVER_NAME: retriever, EVAL_SPLIT: "validation",
+            **error_tag(error)}
+
+
+def best_on_test_run_name() -> str:
+    return "best-on-test"
+
+
+def best_on_test_tags(ds: Any, *, study_name: str, best_trial: int, retriever: str
+                      ) -> dict[str, str]:
+    return {KIND: KIND_BEST_ON_TEST, STUDY_NAME: study_name, BEST_TRIAL: str(best_trial),
+            RETRIEVER_NAME: retriever, EVAL_SPLIT: "test", DATASET_NAME: str(ds.name),
+            DATASET_FINGERPRINT: str(ds.fingerprint)}
+
+
+def perf_run_name(size: str) -> str:
+    return f"perf-{size}"
+
+
+def perf_tags(dataset: dict[str, Any], *, git_commit: str | None, **extra: Any) -> dict[str, str]:
+    return {KIND: KIND_PERF, GIT_COMMIT: git_commit or "unknown",
+            DATASET_NAME: str(dataset.get("name", "")),
+            DATASET_FINGERPRINT: str(dataset.get("fingerprint", "")),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def vlm_train_tags(*, dataset: str, fingerprint: str, config_hash: str, model: str,
+                   git_commit: str | None) -> dict[str, str]:
+    tags = {KIND: KIND_VLM_TRAIN, "dataset": dataset, "dataset_fingerprint": fingerprint,
+            "config_hash": config_hash, "model": model}
+    if git_commit:
+        tags[GIT_COMMIT] = git_commit
+    return tags
+
+
+def vlm_bench_tags(*, shape: str, device: str, git_commit: str | None) -> dict[str, str]:
+    return {KIND: KIND_VLM_BENCH, "vlm.shape": shape, "device": device,
+            GIT_COMMIT: git_commit or "unknown"}

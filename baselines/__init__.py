@@ -1,3 +1,4 @@
 """Registered retrievers, one module each. Importing this package registers them all."""
 
-from baselines import bm25, dense_clip, dense_text, persrv, popularity, random  # noqa: F401
+from baselines import (bm25, dense_clip, dense_text, persrv, popularity, query_lookup,  # noqa: F401
+                       random, user_history)

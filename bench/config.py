@@ -67,6 +67,8 @@ class ExperimentConfig(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     report: bool = True
     baseline: str | None = Field(None, description="retriever label significance is tested against")
+    seeds: list[int] | None = Field(None, description="repeat the run (dataset simulation, "
+                                    "protocol and retriever seeds) once per seed; report mean ± sd")
 
     @field_validator("ks")
     @classmethod
@@ -95,6 +97,32 @@ class ExperimentConfig(_Strict):
                               .encode()).hexdigest()[:12]
 
 
+def known_keys(loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` (a pydantic error location) points, e.g. ``("split",
+    "val_grups")`` -> SplitSpec's fields."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if is_union_tag(part) or isinstance(part, int) or str(part).isdigit():
+            continue
+        field = getattr(model, "model_fields", {}).get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(getattr(model, "model_fields", {}))
+
+
+def did_you_mean(loc: tuple) -> str:
+    """`` (did you mean 'val_groups'?)`` for a misspelt key, else ''."""
+    import difflib
+    close = difflib.get_close_matches(str(loc[-1]), known_keys(tuple(loc)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _format_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not is_union_tag(p)) or "(top level)"
 
@@ -112,7 +140,7 @@ def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
                                                       -len(e["loc"])))[:3]:
             loc = _format_loc(err["loc"])
             if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key {loc!r}")
+                lines.append(f"unknown key {loc!r}{did_you_mean(err['loc'])}")
             elif err["type"] == "missing":
                 lines.append(f"missing key {loc!r}")
             else:
@@ -135,6 +163,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip().split("."), parsed
+
+
+def split_bare_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra-style arguments after the config path: ``key=value`` items are overrides, the
+    rest is returned unchanged (e.g. extra seeds after ``--seeds 0``)."""
+    overrides = [a for a in args if "=" in a]
+    return overrides, [a for a in args if "=" not in a]
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -8,8 +8,11 @@ Steps, in order:
    plain forms), then ``str.casefold`` when ``lowercase`` (``"Straße"`` -> ``"strasse"``).
 2. Split into runs of word characters of every script: Unicode letters, digits, ``_`` and
    combining marks (so Devanagari, Thai, accented text stay whole words). Everything else
-   (spaces, punctuation, symbols) separates tokens, except emoji, each kept as a token of its own
-   (skin-tone modifiers, ZWJ and variation selectors dropped).
+   (spaces, punctuation, symbols) separates tokens, except emoji, each kept as a token of its own:
+   a ZWJ sequence (``"👨‍💻"``) or a flag (two regional indicators) is one token, skin-tone
+   modifiers, variation selectors and keycap marks are dropped from it (``"👍🏽"`` -> ``"👍"``).
+   A whitespace-delimited chunk of punctuation/symbols only (``":)"``, ``"!!!"``) is one token
+   too, so punctuation-only queries stay searchable; punctuation attached to a word still splits.
 3. Chinese (Han ideographs and Hiragana) inside a run is split off and segmented by ``chinese``:
    ``"jieba"`` (jieba's precise mode), ``"char"`` (one token per character, as Elasticsearch's
    standard analyzer splits CJK) or ``"none"`` (the whole run as one token).
@@ -41,6 +44,10 @@ _CJK = ("\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Pictographic emoji blocks, without the skin-tone modifiers U+1F3FB..U+1F3FF.
 _EMOJI = ("\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001f3fa\U0001f400-\U0001f64f"
           "\U0001f680-\U0001f6ff\U0001f900-\U0001f9ff\U0001fa70-\U0001faff")
+# Marks inside an emoji sequence that are dropped from its token: skin tones, VS-15/16, keycap.
+_EMOJI_MODS = "\U0001f3fb-\U0001f3ff\ufe0e\ufe0f\u20e3"
+_EMOJI_SEQ = (f"[\U0001f1e6-\U0001f1ff]{{2}}"  # a flag: two regional indicators
+              f"|[{_EMOJI}][{_EMOJI_MODS}]*(?:\u200d[{_EMOJI}][{_EMOJI_MODS}]*)*")
 
 _STOPWORD_SETS = {"english": "STOPWORDS_EN", "en": "STOPWORDS_EN",
                   "chinese": "STOPWORDS_CHINESE", "zh": "STOPWORDS_CHINESE",
@@ -72,12 +79,20 @@ def _patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]:
     marks = _ranges(c for c in range(sys.maxunicode + 1)
                     if unicodedata.category(chr(c))[0] == "M")
     # Runs of \w, continued across combining marks (\w alone misses them: Devanagari, Thai);
-    # \w+ first, as one class holding every mark range scans ~2.5x slower.
-    token = re.compile(f"\\w+(?:[{marks}]+\\w*)*|[{_EMOJI}]")
+    # \w+ first, as one class holding every mark range scans ~2.5x slower. Then emoji
+    # sequences, then whitespace-delimited chunks with no word character and no emoji.
+    token = re.compile(f"\\w+(?:[{marks}]+\\w*)*|{_EMOJI_SEQ}"
+                       f"|(?<!\\S)(?:[^\\s\\w{_EMOJI}\\u200d{marks}]|[{_EMOJI_MODS}])+(?!\\S)")
     has_cjk = re.compile(f"[{_CJK}]")
     cjk_split = re.compile(f"([{_CJK}]+)")
     cjk_char = re.compile(f"[{_CJK}]")
     return token, has_cjk, cjk_split, cjk_char
+
+
+@functools.cache
+def _emoji_mods() -> re.Pattern:
+    """Skin tones, variation selectors, keycap marks: dropped from every token."""
+    return re.compile(f"[{_EMOJI_MODS}]")
 
 
 def _quiet_jieba():
@@ -164,6 +179,8 @@ class Tokenizer:
                 if lower:
                     s = s.casefold()
                 toks = token_re.findall(s)
+                if _emoji_mods().search(s) is not None:
+                    toks = [_emoji_mods().sub("", t) or t for t in toks]
                 if has_cjk.search(s) is not None:
                     toks = self._split_cjk(toks)
             if stop:
@@ -213,3 +230,86 @@ class Tokenizer:
             new_list = list(new)
             stems.update(zip(new_list, self._stemmer.stemWords(new_list)))
         return [[stems[w] for w in doc] for doc in docs]
+
+
+# ------------------------------------------------------------------ vectorised entry point
+
+def _ascii_tokens(tokenizer: "Tokenizer", texts: list[str]):
+    """Tokens of ASCII texts (before stopwords and stemming) from one regex pass over the texts
+    joined by a whitespace-delimited sentinel word: (tokens object array, tokens per text)."""
+    import numpy as np
+    token_re = _patterns()[0]
+    n = 0
+    while True:  # a sentinel that no text holds as a word of its own
+        sentinel = f"zq{n}sepx"
+        joined = f" {sentinel} ".join(texts) + f" {sentinel}"
+        tokens = np.array(token_re.findall(joined.lower() if tokenizer.lowercase else joined),
+                          dtype=object)
+        is_sep = tokens == sentinel
+        if int(is_sep.sum()) == len(texts):
+            break
+        n += 1
+    lengths = np.diff(np.flatnonzero(is_sep), prepend=-1) - 1
+    return tokens[~is_sep], lengths
+
+
+def tokenize_to_codes(tokenizer, texts: Sequence) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every text's tokens as integer codes, exactly ``tokenizer.batch(texts)`` flattened:
+    (codes int64 (total tokens,), lengths int64 (len(texts),), terms list[str] with
+    ``terms[code]`` the token; terms in order of first occurrence).
+
+    For a :class:`Tokenizer` each distinct text is tokenized once, the ASCII ones in one regex
+    pass over their concatenation, and stopwords/stems are applied per distinct token; any
+    other callable (``batch`` used when it has one) is run per text."""
+    import numpy as np
+    import pandas as pd
+    if not isinstance(tokenizer, Tokenizer):
+        batch = getattr(tokenizer, "batch", None)
+        docs = batch(list(texts)) if batch is not None else [tokenizer(t) for t in texts]
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        codes, terms = pd.factorize(pd.Series([t for d in docs for t in d], dtype=object))
+        return codes.astype(np.int64), lengths, terms.tolist()
+    text_of, distinct = pd.factorize(pd.Series(list(texts), dtype=object), use_na_sentinel=True)
+    distinct = [t if isinstance(t, str) else None for t in distinct.tolist()]
+    plain = Tokenizer(tokenizer.lowercase, None, tokenizer.chinese, None)  # no stop/stem yet
+    plain._segments, plain._jieba = tokenizer._segments, tokenizer._jieba
+    is_ascii = np.fromiter((t is not None and t.isascii() for t in distinct), dtype=bool,
+                           count=len(distinct))
+    asc = np.flatnonzero(is_ascii)
+    other = np.flatnonzero(~is_ascii)
+    seg_len = np.zeros(len(distinct), dtype=np.int64)
+    tok_a = np.empty(0, dtype=object)
+    if asc.size:
+        tok_a, seg_len[asc] = _ascii_tokens(plain, [distinct[i] for i in asc])
+    docs_o = plain.batch([distinct[i] for i in other]) if other.size else []
+    seg_len[other] = [len(d) for d in docs_o]
+    # the distinct texts' token stream, in distinct-text order
+    flat = np.empty(int(seg_len.sum()), dtype=object)
+    start = np.cumsum(seg_len) - seg_len
+    for idx, toks in ((asc, tok_a), (other, [t for d in docs_o for t in d])):
+        if len(toks):
+            lens = seg_len[idx]
+            flat[np.repeat(start[idx] - (np.cumsum(lens) - lens), lens)
+                 + np.arange(len(toks))] = toks
+    codes, terms = pd.factorize(flat)
+    codes = codes.astype(np.int64)
+    terms = terms.tolist() if len(flat) else []
+    if tokenizer._stop:  # stopwords: drop their tokens, renumber in first-occurrence order
+        stop = np.fromiter((t in tokenizer._stop for t in terms), dtype=bool, count=len(terms))
+        if stop.any():
+            keep = ~stop[codes]
+            seg_len = np.bincount(np.repeat(np.arange(len(distinct)), seg_len)[keep],
+                                  minlength=len(distinct))
+            codes, kept = pd.factorize(codes[keep])
+            terms = [terms[i] for i in kept.tolist()]
+    if tokenizer._stemmer is not None and terms:
+        stemmed = tokenizer._stem_all([terms])[0]
+        remap, stems = pd.factorize(pd.Series(stemmed, dtype=object))
+        codes, terms = remap[codes], stems.tolist()
+    # expand distinct texts to the documents (None/NaN: no tokens)
+    doc_len = np.where(text_of >= 0, seg_len[np.maximum(text_of, 0)], 0).astype(np.int64)
+    start = np.cumsum(seg_len) - seg_len
+    doc_start = np.where(text_of >= 0, start[np.maximum(text_of, 0)], 0)
+    take = np.repeat(doc_start - (np.cumsum(doc_len) - doc_len), doc_len) + \
+        np.arange(int(doc_len.sum()))
+    return np.asarray(codes, dtype=np.int64)[take], doc_len, terms

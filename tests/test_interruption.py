@@ -272,9 +272,9 @@ def _server_goes_away(monkeypatch, after_children: int) -> list[str]:
         raise ConnectionError("tracking server went away")
 
     def start_run(self, experiment, run_name, tags=None, parent_run_id=None,
-                  reuse_env_run=False):
+                  reuse_env_run=False, **kwargs):
         run_id = real_start(self, experiment, run_name, tags=tags, parent_run_id=parent_run_id,
-                            reuse_env_run=reuse_env_run)
+                            reuse_env_run=reuse_env_run, **kwargs)
         created.append(run_name)
         if len(created) == 1 + after_children:
             for name in ("log_batch", "create_run", "get_run", "log_artifact", "log_artifacts",

@@ -1,4 +1,5 @@
-"""Per-user style clusters and the personalised re-rank (bench/persrv/personalization.py)."""
+"""Per-user style clusters and the personalised re-rank (bench/persrv/clustering.py, kmeans.py,
+rerank.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from bench.persrv.personalization import (ALGORITHMS, ClusterConfig, UserClusters,
-                                          fit_user_clusters, inverse_norms, kmeans_batched,
-                                          rerank, user_keys)
+from bench.persrv.clustering import (ALGORITHMS, ClusterConfig, UserClusters,
+                                     fit_user_clusters, inverse_norms)
+from bench.persrv.kmeans import kmeans_batched, user_keys
+from bench.persrv.rerank import rerank
 
 
 def unit(v):
@@ -209,7 +211,7 @@ def slow_rerank(pool_ids, pool_scores, users, emb, clusters, w, mode, k):
     (-0.4, 10, 3, False), (-1.5, 5, 2, False)])
 def test_vectorised_rerank_equals_slow_reference(mode, weight, k, stage_one, shuffle, monkeypatch):
     """Against a plain loop: full re-rank and top-k, both stages, pools in any order."""
-    import bench.persrv.personalization as pers
+    import bench.persrv.rerank as pers
     rng = np.random.default_rng(7)
     n_st, d, P, nq = 300, 5, 40, 25
     emb = rng.normal(size=(n_st, d)).astype(np.float32)

@@ -167,8 +167,8 @@ def test_doc_count_ignores_empty_fields():
     """A document without tokens in a field is not part of that field's N and avgdl."""
     model = fit(use_cache=False)
     ocr = model.counts_["ocr"]
-    assert ocr.doc_count == 5            # None, "", "!!!" are not counted
-    assert ocr.avgdl == pytest.approx((2 + 7 + 2 + 2 + 1) / 5)
+    assert ocr.doc_count == 6            # None, "" are not counted ("!!!" is one symbol token)
+    assert ocr.avgdl == pytest.approx((2 + 7 + 2 + 2 + 1 + 1) / 6)
 
 
 def test_blocks_and_threads_do_not_change_results(monkeypatch):

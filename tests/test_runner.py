@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench.config import validate_config
-from bench.runner import run_experiment
+from bench.experiment import run_experiment
 
 RETRIEVERS = [
     {"name": "bm25", "params": {"fields": ["text", "queries"]}},

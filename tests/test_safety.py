@@ -241,7 +241,7 @@ def test_credentials_masked_in_mlflow_params_and_tags(tmp_path):
 
 
 def test_tracking_failure_messages_are_masked(tmp_path):
-    from bench.runner import _safe_tracker, _tracking_lost
+    from bench.tracking.benchmark import safe_tracker as _safe_tracker, tracking_lost as _tracking_lost
     lines: list[str] = []
     _tracking_lost(ConnectionError("POST http://u:s3cret@h:5000/api/2.0/runs failed"), tmp_path,
                    lines.append)

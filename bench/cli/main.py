@@ -149,26 +149,49 @@ def retrievers_cmd() -> None:
 
 @cli.command("run")
 @click.argument("config", type=click.Path())
+@click.argument("extra", nargs=-1, metavar="[KEY=VALUE ...]")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. -o dataset.params.n_stickers=500.")
+              help="Override a config value, e.g. -o dataset.params.n_stickers=500 (or bare "
+                   "KEY=VALUE after CONFIG, as in Hydra).")
+@click.option("--seeds", default=None, metavar="N [N ...]",
+              help="Repeat the run once per seed (dataset simulation, protocol and retriever "
+                   "seeds) and report mean ± sd: --seeds 0 1 2 (or the config's `seeds:`).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db).")
 @click.option("--output-dir", default=None, help="Local results folder (default: persrv-runs/).")
 @click.option("--no-report", is_flag=True, help="Skip the automatic report.")
 @click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
-def run_cmd(config: str, overrides: tuple[str, ...], tracking_uri: str | None,
-            output_dir: str | None, no_report: bool, no_tracking: bool) -> None:
+def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], seeds: str | None,
+            tracking_uri: str | None, output_dir: str | None, no_report: bool,
+            no_tracking: bool) -> None:
     """Run the benchmark described by CONFIG (YAML)."""
-    from bench.config import load_config
-    from bench.runner import run_experiment
-    cfg = load_config(config, list(overrides))
+    from bench.config import load_config, split_bare_overrides
+    from bench.errors import ConfigError
+    from bench.experiment import run_experiment
+    bare, rest = split_bare_overrides(list(extra))
+    if rest and seeds is None:
+        raise ConfigError(f"unexpected argument {rest[0]!r} (overrides are KEY=VALUE)")
+    cfg = load_config(config, list(overrides) + bare)
     if no_report:
         cfg.report = False
     if no_tracking:
         cfg.tracking.enabled = False
-    outcome = run_experiment(cfg, tracking_uri=tracking_uri, output_dir=output_dir,
-                             config_path=config, echo=click.echo)
-    if outcome.failed:
-        for r in outcome.failed:
+    seed_list = cfg.seeds
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in [*seeds.replace(",", " ").split(), *rest]]
+        except ValueError:
+            raise ConfigError(f"--seeds takes integers, got {' '.join([seeds, *rest])!r}") from None
+    if seed_list:
+        from bench.experiment_seeds import run_seeds
+        group = run_seeds(cfg, seed_list, tracking_uri=tracking_uri, output_dir=output_dir,
+                          config_path=config, echo=click.echo)
+        failed = [r for outcome in group.outcomes for r in outcome.failed]
+    else:
+        outcome = run_experiment(cfg, tracking_uri=tracking_uri, output_dir=output_dir,
+                                 config_path=config, echo=click.echo)
+        failed = outcome.failed
+    if failed:
+        for r in failed:
             click.echo(f"error: retriever {r.label} failed: {r.error} (see {r.folder}/error.txt)",
                        err=True)
         sys.exit(1)

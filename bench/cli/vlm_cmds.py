@@ -1,6 +1,6 @@
 """``persrv-bench train-vlm`` and ``persrv-bench describe``: LoRA fine-tuning of LLaVA on
 sticker -> query pairs, and (base or fine-tuned) descriptions of every sticker into the feature
-cache. Both read a VLM config (``experiments/vlm_*.yaml``, :class:`bench.vlm.train.VlmConfig`).
+cache. Both read a VLM config (``experiments/vlm_*.yaml``, :class:`bench.vlm.config.VlmConfig`).
 
 torch, transformers and lightning are imported inside the commands only.
 """
@@ -56,7 +56,7 @@ def train_vlm(config: str, dataset: str | None, overrides: tuple[str, ...], devi
               output_dir: str | None, no_resume: bool, as_json: bool) -> None:
     """Fine-tune a LoRA adapter of the LLaVA model in CONFIG on sticker -> query pairs from the
     train clicks; validation loss on the validation clicks; adapter logged to MLflow."""
-    from bench.vlm.train import load_vlm_config
+    from bench.vlm.config import load_vlm_config
     from bench.vlm.train import train_vlm as run_training
     cfg = load_vlm_config(config, list(overrides), dataset=dataset)
     if tracking_uri:
@@ -106,7 +106,7 @@ def describe(config: str, dataset: str | None, overrides: tuple[str, ...], devic
     from bench.errors import ConfigError
     from bench.features.cache import FeatureCache
     from bench.vlm.describe import describe_stickers
-    from bench.vlm.train import load_vlm_config
+    from bench.vlm.config import load_vlm_config
     cfg = load_vlm_config(config, list(overrides), dataset=dataset)
     if not cfg.dataset:
         raise ConfigError("no dataset: set `dataset:` in the config or pass --dataset DIR")
@@ -120,8 +120,8 @@ def describe(config: str, dataset: str | None, overrides: tuple[str, ...], devic
         devices=d.devices if n_devices is None else n_devices,
         accelerator=d.accelerator, precision=d.precision, limit=limit, chunk_size=d.chunk_size,
         tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats)
-    from bench.vlm.describe import _env_rank
-    if _env_rank() != 0:
+    from bench.vlm.dist import env_rank
+    if env_rank() != 0:
         return
     if out_path:
         if out_path.endswith(".csv"):

@@ -1,11 +1,24 @@
 """Builder for an emoji-styles folder: ``emoji.csv`` + ``images/<style>/<hexcode>.png``.
 
 One sticker per (emoji, style): ``sticker_id`` ``<hexcode>:<style>``, ``gt_style`` the style,
-``gt_topic`` the emoji's subgroup (or group). Images are hard-linked (or copied) into
-``OUT/images/<style>/<hexcode>.png`` so the dataset is self-contained. The stickers carry no
-retriever-visible text: the CLDR label, tags and emojilib keywords (``gt_label``, ...) are the
-simulated users' query vocabulary. A missing image file is counted and, by default, its sticker
-skipped (``missing_images="keep"`` keeps it with ``image=None``; ``"error"`` raises).
+``gt_topic`` the emoji's subgroup (or group). Images are copied into
+``OUT/images/<style>/<hexcode>.png`` so the dataset is self-contained. A missing image file is
+counted and, by default, its sticker skipped (``missing_images="keep"`` keeps it with
+``image=None``; ``"error"`` raises).
+
+Content and queries (issue 14.5): the emoji's human label and CLDR tags are a retriever-visible
+text column (``content``, default ``description``: what a perfect VLM description would say, read
+by PerSRV's description field and by bm25/dense-text ``fields=all``). The simulated users' queries
+are drawn only from words *not* in that field (``query_words="held-out"``): the emojilib keywords
+that are neither the label nor a tag, and, for an emoji without such a keyword, a seeded half of
+its tags, taken out of the content field. So a test query is matched through content, never
+copied from it. ``query_words="all"`` restores label + tags + keywords as queries.
+
+Languages (issue 15.3): ``labels=CSV`` (columns ``hexcode``, ``label``, ``tags``, optional
+``keywords``; tags split on any of ``tag_separators``) replaces the English CLDR label and tags,
+in any language. The dataset's ``languages`` come from the label text (``language`` overrides);
+the name is ``emoji-styles`` for English and ``emoji-styles-<language>`` otherwise. emojilib's
+keywords are English: they are used only for an English label set without its own keywords.
 """
 
 from __future__ import annotations

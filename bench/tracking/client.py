@@ -11,10 +11,12 @@ import logging
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from bench.errors import BenchError
+from bench.tracking.schema import KIND, KIND_LAUNCHER
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +128,18 @@ class Tracker:
     def experiment_id(self, name: str) -> str | None:
         if not self.enabled:
             return None
+        from bench.tracking.schema import experiment_tags
         exp = self._client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self._client.restore_experiment(exp.experiment_id)
+            for key, value in experiment_tags().items():
+                if exp.tags.get(key) != value:  # older stores: open on the training-runs table
+                    self._client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         try:
-            return self._client.create_experiment(name, artifact_location=self._artifact_root(name))
+            return self._client.create_experiment(name, artifact_location=self._artifact_root(name),
+                                                  tags=experiment_tags())
         except Exception:  # created concurrently
             return self._client.get_experiment_by_name(name).experiment_id
 
@@ -145,22 +152,34 @@ class Tracker:
         return (db.resolve().parent / "mlruns" / safe).as_uri()
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
-                  parent_run_id: str | None = None, reuse_env_run: bool = False) -> str | None:
-        """Create (or, under ``mlflow run``, adopt) a run; returns its id."""
+                  parent_run_id: str | None = None, reuse_env_run: bool = False,
+                  start_time: float | None = None) -> str | None:
+        """Create a run (``start_time``: seconds since the epoch, default now); returns its id.
+
+        With ``reuse_env_run`` under ``mlflow run`` (``MLFLOW_RUN_ID`` set), the Projects run is
+        adopted when it lives in ``experiment``; otherwise (MLflow put it in ``Default``) a new
+        run is made in ``experiment`` and the Projects run is tagged as its launcher, so results
+        always land in the dataset's experiment under a readable name."""
         if not self.enabled:
             return None
         tags = {k: mask_credentials(str(v))[:8000] for k, v in (tags or {}).items()}
         env_run = os.environ.get("MLFLOW_RUN_ID") if reuse_env_run else None
         if env_run:
             run = self._client.get_run(env_run)
-            self.set_tags(env_run, {**tags, "mlflow.runName": run.info.run_name or run_name})
-            return env_run
+            if run.info.experiment_id == self.experiment_id(experiment):
+                self.set_tags(env_run, {**tags, "mlflow.runName": run_name})
+                return env_run
         if parent_run_id:  # children live in their parent's experiment (the UI nests them there)
             exp_id = self._client.get_run(parent_run_id).info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
         else:
             exp_id = self.experiment_id(experiment)
-        run = self._client.create_run(exp_id, run_name=run_name, tags=tags)
+        started = int((start_time if start_time is not None else time.time()) * 1000)
+        run = self._client.create_run(exp_id, run_name=run_name, tags=tags, start_time=started)
+        if env_run:  # the mlflow-run launcher in another experiment points at the real run
+            self.set_tags(env_run, {KIND: KIND_LAUNCHER, "persrv.run_id": run.info.run_id,
+                                    "persrv.experiment": experiment,
+                                    "mlflow.runName": f"{run_name} (launcher)"})
         return run.info.run_id
 
     def set_tags(self, run_id: str | None, tags: dict[str, Any]) -> None:
@@ -182,7 +201,6 @@ class Tracker:
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
         if not self.enabled or not run_id or not metrics:
             return
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -201,7 +219,24 @@ class Tracker:
             return
         self._client.log_artifact(run_id, str(path), artifact_path)
 
-    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+    def end_run(self, run_id: str | None, status: str = "FINISHED",
+                end_time: float | None = None) -> None:
+        """Mark a run ended (``end_time``: seconds since the epoch, default now)."""
         if not self.enabled or not run_id:
             return
-        self._client.set_terminated(run_id, status=status)
+        self._client.set_terminated(run_id, status=status, end_time=None if end_time is None
+                                    else int(end_time * 1000))
+
+    def log_dataset(self, run_id: str | None, frame: Any, *, name: str, digest: str,
+                    source: str, context: str) -> None:
+        """Record a dataset on a run (MLflow's Dataset column): ``frame`` is a small pandas
+        summary of it (the schema is what MLflow shows), ``digest`` its fingerprint."""
+        if not self.enabled or not run_id:
+            return
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+        dataset = mlflow.data.from_pandas(frame, source=mask_credentials(source), name=name,
+                                          digest=digest[:36])
+        self._client.log_inputs(run_id, datasets=[DatasetInput(
+            dataset=dataset._to_mlflow_entity(),
+            tags=[InputTag(key="mlflow.data.context", value=context)])])

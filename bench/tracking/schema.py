@@ -5,7 +5,8 @@ and ``persrv-bench report`` rely on are defined once. Metric names live in :mod:
 
 Kinds (tag ``persrv.kind``): ``benchmark`` (a ``run`` parent), ``retriever`` (its children),
 ``sweep`` (a study), ``trial`` and ``best-on-test`` (the study's children), ``perf``, ``vlm-train``,
-``vlm-bench``.
+``vlm-bench``, ``seed-group`` (``run --seeds``: the per-seed parents nest under it),
+``launcher`` (an ``mlflow run`` shell run pointing at the real parent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ KIND_BEST_ON_TEST = "best-on-test"
 KIND_PERF = "perf"
 KIND_VLM_TRAIN = "vlm-train"
 KIND_VLM_BENCH = "vlm-bench"
+KIND_SEED_GROUP = "seed-group"
+KIND_LAUNCHER = "launcher"
 
 GIT_COMMIT = "mlflow.source.git.commit"
 PARENT_RUN_ID = "mlflow.parentRunId"
@@ -44,6 +47,16 @@ TRIAL_STATE = "optuna.trial_state"
 BEST_TRIAL = "optuna.best_trial"
 EVAL_SPLIT = "eval_split"
 ERROR = "error"
+STORAGE = "optuna.storage"
+STORAGE_HASH = "optuna.storage_hash"
+DIRECTION = "optuna.direction"
+SAMPLER = "optuna.sampler"
+N_TRIALS_TARGET = "optuna.n_trials_target"
+N_TRIALS = "optuna.n_trials"
+SWEEP_KEY = "sweep.key"
+SWEEP_SPACE = "sweep.space"
+#: Study-run tags ``best.trial`` and ``best.<param>`` (the best trial's parameters).
+BEST_PREFIX = "best."
 
 #: Sweep study user attributes (stored in Optuna, not MLflow, but part of the same contract).
 ATTR_BEST_ON_TEST = "persrv.best_on_test"
@@ -51,6 +64,15 @@ ATTR_STUDY_KEY = "persrv.study_key"
 ATTR_MLFLOW_RUN = "persrv.mlflow_run_id"
 ATTR_HEARTBEAT = "persrv.heartbeat"
 ATTR_GRID_POINT = "persrv.grid_point"
+ATTR_OBJECTIVE = "persrv.objective"
+ATTR_SPACE = "persrv.space"
+ATTR_RETRIEVER = "persrv.retriever"
+#: Trial attribute: the worker running it (host, pid, process start time, pid namespace).
+ATTR_WORKER = "persrv.worker"
+ATTR_TRIAL_PARAMS = "retriever_params"
+ATTR_TRIAL_FEATURES = "features"
+ATTR_TRIAL_ERROR = "error"
+ATTR_TRIAL_TRACEBACK = "traceback"
 
 
 def experiment_tags() -> dict[str, str]:
@@ -99,9 +121,23 @@ def study_run_name(study_name: str) -> str:
     return f"sweep-{study_name}"
 
 
-def study_run_filter(study_name: str) -> str:
-    """MLflow search filter that finds a study's run."""
-    return f"tags.`{KIND}` = '{KIND_SWEEP}' and tags.`{STUDY_NAME}` = '{study_name}'"
+def study_run_filter(study_name: str, storage_hash: str | None = None) -> str:
+    """MLflow search filter that finds a study's run (of one storage when ``storage_hash``)."""
+    text = f"tags.`{KIND}` = '{KIND_SWEEP}' and tags.`{STUDY_NAME}` = '{study_name}'"
+    if storage_hash is not None:
+        text += f" and tags.`{STORAGE_HASH}` = '{storage_hash}'"
+    return text
+
+
+def study_outcome_tags(states: dict[str, int], best_trial: int | None = None,
+                       best_params: dict[str, Any] | None = None) -> dict[str, str]:
+    """Tags a finished study run gets: trial counts per state, the best trial and its params."""
+    tags = {N_TRIALS: str(sum(states.values())),
+            **{f"optuna.n_{k.lower()}": str(v) for k, v in states.items()}}
+    if best_trial is not None:
+        tags[f"{BEST_PREFIX}trial"] = str(best_trial)
+        tags.update({f"{BEST_PREFIX}{k}": str(v) for k, v in (best_params or {}).items()})
+    return tags
 
 
 def study_tags(ds: Any, *, study_name: str, config_hash: str, git_commit: str | None,

@@ -33,6 +33,7 @@ import pandas as pd
 
 from bench.errors import BenchError, ConfigError
 from bench.features.cache import FeatureCache
+from bench.vlm.dist import env_rank
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +118,6 @@ def resolve_adapter(adapter: str | Path | None, tracking_uri: str | None = None
                       "(32 hex characters) nor a runs:/ or models:/ URI")
 
 
-def _env_rank() -> int:
-    """This process's global rank as set by a launcher (0 for a plain process / the launcher)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, rows)
-    return [r for part in parts for r in part]
-
-
 class _Predictor:
     """A module + Trainer, built on first use and reused for every chunk."""
 
@@ -156,6 +140,7 @@ class _Predictor:
     def __call__(self, sticker_ids: list[str], paths: list[Path | None]) -> list[dict[str, Any]]:
         from torch.utils.data import DataLoader
         from bench.vlm.data import StickerItems, VlmCollator
+        from bench.vlm.dist import gather_rows
         m = self.module
         world = max(1, int(self.trainer.world_size))
         if 0 < len(sticker_ids) < world:  # Lightning's predict sampler needs >= 1 item per rank
@@ -166,7 +151,7 @@ class _Predictor:
                             shuffle=False, num_workers=self.num_workers,
                             collate_fn=VlmCollator(m.processor, m.question, train=False))
         batches = self.trainer.predict(m, dataloaders=loader, return_predictions=True) or []
-        return _gather([row for batch in batches for row in batch])
+        return gather_rows([row for batch in batches for row in batch])
 
 
 def _build_predictor(**kwargs: Any) -> _Predictor:
@@ -183,7 +168,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
     """Descriptions of the stickers of ``dataset_dir`` (``limit``: the first N only), cached.
 
     Args:
-        model: a :class:`bench.vlm.train.ModelSection` (or its dict): ``name_or_path`` / ``tiny``,
+        model: a :class:`bench.vlm.config.ModelSection` (or its dict): ``name_or_path`` / ``tiny``,
             ``revision``, ``question``. None: LLaVA-1.5-7B.
         adapter: adapter directory, MLflow run id (its ``adapter`` artifact), ``runs:/`` or
             ``models:/`` URI, or None for the base model.
@@ -195,7 +180,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
     DDP every rank returns the full frame; only rank 0 writes the cache.
     """
     from bench.data.format import load_dataset
-    from bench.vlm.train import ModelSection
+    from bench.vlm.config import ModelSection
     from bench.vlm.module import resolve_precision
     from bench.vlm.tiny import TINY_MODEL_NAME
 
@@ -236,7 +221,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
         return pd.DataFrame({"sticker_id": chunk, "description": descriptions,
                              "keywords": [", ".join(keywords_of(d)) for d in descriptions]})
 
-    if _env_rank() == 0:
+    if env_rank() == 0:
         out = cache.compute(key, ids, generate, chunk_size=chunk_size, meta=meta,
                             progress=f"describing ({model_name}, {adapter_id})")
     else:  # follow rank 0 chunk by chunk (the predict loop is collective); never write
@@ -247,7 +232,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
         frames += [generate(todo[i:i + chunk_size]) for i in range(0, len(todo), chunk_size)]
         allrows = pd.concat(frames, ignore_index=True).drop_duplicates("sticker_id", keep="last")
         out = allrows.set_index("sticker_id").reindex(ids).reset_index()
-    if counts["no_image"] and _env_rank() == 0:
+    if counts["no_image"] and env_rank() == 0:
         log.warning("%s: %d stickers without a loadable image got an empty description",
                     ds.name, counts["no_image"])
     if stats is not None:

@@ -23,128 +23,22 @@ Output layout (``output_dir``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from bench.errors import BenchError, ConfigError
-from bench.vlm.module import DEFAULT_MODEL, DEFAULT_QUESTION, DEFAULT_TARGET_MODULES
+from bench.vlm.config import (DescribeSection, LoraSection, ModelSection,  # noqa: F401 (re-export)
+                              TrainerSection, VlmConfig, config_hash, load_vlm_config,
+                              validate_vlm_config)
+from bench.vlm.dist import env_rank
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSection(_Strict):
-    """Which LLaVA-1.5: a hub id / local dir, or ``tiny: true`` for the random CPU test model."""
-    name_or_path: str = DEFAULT_MODEL
-    tiny: bool = False
-    revision: str | None = None
-    question: str = DEFAULT_QUESTION
-    max_answer_tokens: int = Field(32, ge=1)
-    seed: int = 0  # the tiny model's weight seed
-
-
-class LoraSection(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = DEFAULT_TARGET_MODULES
-
-
-class TrainerSection(_Strict):
-    max_epochs: int = Field(1, ge=1)
-    max_steps: int = Field(-1, ge=-1)
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    accumulate: int = Field(1, ge=1)
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    strategy: str = "auto"
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
-    gradient_checkpointing: bool = False
-    val_check_interval: int | float | None = None
-    limit_val_batches: int | float | None = None
-    early_stopping_patience: int | None = Field(3, ge=1)
-    log_every_n_steps: int = Field(10, ge=1)
-    num_workers: int = Field(0, ge=0)
-
-
-class DescribeSection(_Strict):
-    """Settings of ``persrv-bench describe`` (description generation)."""
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(32, ge=1)
-    devices: int | str | list[int] = 1
-    accelerator: str = "auto"
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
-    chunk_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    adapter: str | None = None  # default adapter: path, MLflow run id, runs:/ or models:/ URI
-
-
-class VlmConfig(_Strict):
-    dataset: str | None = None
-    model: ModelSection = Field(default_factory=ModelSection)
-    lora: LoraSection = Field(default_factory=LoraSection)
-    trainer: TrainerSection = Field(default_factory=TrainerSection)
-    describe: DescribeSection = Field(default_factory=DescribeSection)
-    tracking_uri: str | None = None
-    experiment: str = "persrv-vlm"
-    registered_model: str | None = "persrv-vlm-lora"
-    output_dir: str = "outputs/vlm"
-    seed: int = 0
-
-
-def validate_vlm_config(raw: Any, source: str = "config") -> VlmConfig:
-    """Validate a mapping; the error names every offending key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, "
-                          f"got {type(raw).__name__}")
-    try:
-        return VlmConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key {loc!r}")
-            else:
-                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
-
-
-def load_vlm_config(path: str | Path, overrides: list[str] | None = None,
-                    dataset: str | Path | None = None) -> VlmConfig:
-    """Read a VLM YAML config, apply ``key=value`` overrides and ``dataset``, validate.
-
-    A relative ``dataset`` path is tried against the working directory, then the config's folder
-    and its parent; ``output_dir`` stays relative to the working directory.
-    """
-    from bench.config import read_yaml_config, resolve_data_path
-    p = Path(path)
-    raw = read_yaml_config(p, overrides)
-    if isinstance(raw, dict) and dataset is not None:
-        raw["dataset"] = str(dataset)
-    cfg = validate_vlm_config(raw, source=str(p))
-    if cfg.dataset and dataset is None:
-        cfg.dataset = str(resolve_data_path(cfg.dataset, p.resolve().parent))
-    return cfg
-
-
-def config_hash(cfg: VlmConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_module(cfg: VlmConfig, dtype: str = "float32") -> Any:
@@ -171,11 +65,6 @@ def make_strategy(name: str) -> Any:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer, CLIPEncoderLayer},
                         use_orig_params=True, state_dict_type="full")
-
-
-def _env_rank() -> int:
-    from bench.vlm.describe import _env_rank as rank
-    return rank()
 
 
 def _previous_run(out: Path, uri: str) -> str | None:
@@ -270,7 +159,7 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     precision, dtype = resolve_precision(t.precision, t.accelerator)
     if strategy == "fsdp" and dtype != "float32":
         dtype = "float32"  # FSDP flattens base and LoRA weights together: one dtype, mixed compute
-    rank = _env_rank()
+    rank = env_rank()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     module = build_module(cfg, dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bench.report.names import RunNotFoundError
+
 
 def read_parent_run(folder: str | Path) -> tuple[str | None, str | None]:
     """``(run id, tracking URI)`` from the runner's ``parent_run_id.txt``; the URI is None when
@@ -26,8 +28,9 @@ def fetch_run(run_id_or_experiment_name: str, tracking_uri: str | None = None,
     """
     from mlflow.tracking import MlflowClient
 
-    from bench.report import RunNotFoundError
+
     from bench.tracking import TrackingError, mask_credentials, resolve_tracking_uri
+    from bench.tracking import schema
     uri = resolve_tracking_uri(tracking_uri)
     where = mask_credentials(uri)
     key = str(run_id_or_experiment_name)
@@ -53,14 +56,16 @@ def fetch_run(run_id_or_experiment_name: str, tracking_uri: str | None = None,
             known = [e.name for e in call(client.search_experiments, max_results=20)]
             raise RunNotFoundError(f"no MLflow run id or experiment named {key!r} at {where} "
                                    f"(experiments there: {', '.join(known) or 'none'})")
-        runs = call(client.search_runs, [exp.experiment_id], "tags.`persrv.kind` = 'benchmark'",
+        runs = call(client.search_runs, [exp.experiment_id],
+                    f"tags.`{schema.KIND}` = '{schema.KIND_BENCHMARK}'",
                     max_results=1, order_by=["attributes.start_time DESC"])
         if not runs:
             raise RunNotFoundError(f"experiment {key!r} at {where} has no benchmark run "
                                    "(tag persrv.kind=benchmark); run `persrv-bench run` first")
         run = runs[0]
-    elif run.data.tags.get("persrv.kind") == "retriever" and "mlflow.parentRunId" in run.data.tags:
-        run = call(client.get_run, run.data.tags["mlflow.parentRunId"])
+    elif run.data.tags.get(schema.KIND) == schema.KIND_RETRIEVER and \
+            schema.PARENT_RUN_ID in run.data.tags:
+        run = call(client.get_run, run.data.tags[schema.PARENT_RUN_ID])
     run_id = run.info.run_id
     dest = Path(dest) if dest is not None else Path(root) / run_id
     dest.mkdir(parents=True, exist_ok=True)
@@ -68,9 +73,10 @@ def fetch_run(run_id_or_experiment_name: str, tracking_uri: str | None = None,
         if info.path != "report":  # a previous report is rewritten, not fetched
             call(client.download_artifacts, run_id, info.path, str(dest))
     children = call(client.search_runs, [run.info.experiment_id],
-                    f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
+                    f"tags.`{schema.PARENT_RUN_ID}` = '{run_id}'", max_results=5000)
     for child in children:
-        label = child.info.run_name or child.info.run_id
+        label = child.data.tags.get(schema.RETRIEVER_LABEL) or child.info.run_name or \
+            child.info.run_id
         sub = dest / "retrievers" / label
         sub.mkdir(parents=True, exist_ok=True)
         for info in call(client.list_artifacts, child.info.run_id):

@@ -1,0 +1,192 @@
+"""``persrv-bench run``: the pipeline's results written to a run folder, tabled, reported and logged.
+
+Everything is written to a local run folder first (``output_dir/<name>-<timestamp>/``) and then
+logged to MLflow (:mod:`bench.tracking.benchmark`), so results survive a tracking server that goes
+away mid-run. ``status.json`` in the folder says ``running`` / ``complete`` / ``failed`` /
+``killed``; ``persrv-bench report`` respects it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import runner
+from bench.config import ExperimentConfig
+from bench.runner import FEATURE_REPORT_PARAMS, RetrieverResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    folder: Path
+    parent_run_id: str | None
+    experiment: str
+    results: list[RetrieverResult] = field(default_factory=list)
+    table: Any = None  # pandas DataFrame: one row per retriever
+
+    @property
+    def failed(self) -> list[RetrieverResult]:
+        return [r for r in self.results if r.error]
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def safe_name(text: str, what: str) -> str:
+    """``text`` as one path component (a run name or a retriever label); ``..``, separators and
+    absolute paths are refused so nothing is written outside ``output_dir``."""
+    from bench.errors import ConfigError
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ConfigError(f"{what} {text!r} cannot be used as a folder name (no '/', '\\', "
+                          "'..' or empty names)")
+    return text
+
+
+def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view,
+                 feature_report: dict | None, split_report: dict) -> dict[str, Any]:
+    """The run's inputs beside its results: resolved config (credentials masked), qrels, the
+    request table, per-request segments, a history sample, the data report. Returns the data
+    report (what was skipped or missing)."""
+    import yaml
+
+    from bench.data.format import write_json_atomic
+    from bench.evaluate import write_qrels, write_users
+    from bench.tracking import mask_credentials
+    resolved = cfg.model_dump(mode="json")
+    if resolved.get("tracking", {}).get("uri"):
+        resolved["tracking"]["uri"] = mask_credentials(resolved["tracking"]["uri"])
+    (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
+                                                       allow_unicode=True), encoding="utf-8")
+    qids = requests.qids
+    write_qrels(requests, folder / "qrels.txt", qids)
+    write_users(requests, folder / "requests.tsv", qids)
+    runner.request_segments(ds, view.clicks, requests).to_parquet(folder / "segments.parquet",
+                                                                  index=False)
+    sample = runner.history_sample(view, ds)
+    if sample is not None:
+        sample.to_parquet(folder / "history_sample.parquet", index=False)
+    data_report = {"dataset_skipped": dict(ds.skipped), "split": split_report,
+                   "features": {k: (feature_report or {})[k] for k in FEATURE_REPORT_PARAMS
+                                if k in (feature_report or {})}}
+    write_json_atomic(folder / "data_report.json",
+                      {**data_report, "features": feature_report or {}})
+    return data_report
+
+
+def write_status(folder: Path, state: str, **extra: Any) -> None:
+    """``status.json``: running / complete / failed / killed, with a timestamp."""
+    from bench.data.format import write_json_atomic
+    write_json_atomic(folder / "status.json", {"status": state, "time": time.time(), **extra})
+
+
+def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
+                   output_dir: str | Path | None = None, config_path: str | None = None,
+                   echo: Callable[[str], None] = print,
+                   parent_run_id: str | None = None) -> RunOutcome:
+    """Run every configured retriever on the evaluation split and log everything (DESIGN §8).
+    ``parent_run_id``: nest this run's parent under another run (a multi-seed group)."""
+    from bench.tracking import check_reachable, resolve_tracking_uri
+    from bench.tracking.benchmark import BenchmarkLog
+
+    runner.check_config(cfg)  # before any expensive work
+    safe_name(cfg.name, "name")
+    for spec in cfg.retrievers:
+        safe_name(spec.display, "retriever label")
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
+    if uri:
+        check_reachable(uri)  # before any expensive work
+    ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
+    experiment = cfg.tracking.experiment or ds.name
+    folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_status(folder, "running")
+    split_report = splits.counts()
+    data_report = write_inputs(cfg, folder, ds, requests, view, feature_report, split_report)
+    tracking = BenchmarkLog(uri, experiment, folder, echo)
+    resolved = cfg.model_dump(mode="json")
+    tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
+                          config_path=config_path, parent_run_id=parent_run_id, params={
+                              "config": {k: v for k, v in resolved.items()
+                                         if k not in ("retrievers", "tracking")},
+                              "retrievers": ",".join(s.display for s in cfg.retrievers),
+                              "n_requests": len(requests),
+                              "simulator": ds.meta.get("simulator") or {},
+                              "dataset_source": {"path": str(ds.root), "builder":
+                                                 cfg.dataset.builder or "",
+                                                 "params": cfg.dataset.params},
+                              **data_report})
+    outcome = RunOutcome(folder=folder, parent_run_id=tracking.parent, experiment=experiment)
+    echo(f"dataset {ds.name} ({ds.fingerprint}): {len(ds.stickers)} stickers, "
+         f"{len(requests)} {cfg.eval_split} requests from {len(set(requests.users.values()))} users")
+    for line in _data_report_lines(data_report):
+        echo(f"  {line} (see {folder / 'data_report.json'})")
+    kmax = max(cfg.ks)
+
+    def on_result(result: RetrieverResult) -> None:
+        if not result.error:
+            echo(f"  {result.label:<28} M-MRR@{kmax}={result.macro[f'm_mrr_at_{kmax}']:.4f}"
+                 f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
+        tracking.log_child(result, ds)
+
+    outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result)
+    outcome.parent_run_id = tracking.parent or outcome.parent_run_id
+    md = write_tables(cfg, folder, outcome, ds)
+    if cfg.report:
+        _report(cfg, folder, echo)
+    write_status(folder, "failed" if outcome.failed else "complete",
+                 failed=[r.label for r in outcome.failed])
+    tracking.finish(outcome.table, cfg.ks, failed=bool(outcome.failed))
+    echo("")
+    echo(md)
+    from bench.tracking import mask_credentials
+    echo(f"\nresults: {folder}" + (f"   (MLflow: {mask_credentials(uri)}, experiment "
+                                   f"{experiment!r}, run {outcome.parent_run_id})"
+                                   if outcome.parent_run_id else ""))
+    return outcome
+
+
+def write_tables(cfg: ExperimentConfig, folder: Path, outcome: RunOutcome, ds) -> str:
+    """results.csv, results.md and plots/m_mrr_at_k.png; returns the markdown table."""
+    from bench.report.plots import plot_m_mrr
+    from bench.report.tables import format_table, results_table
+    table = results_table(outcome.results, cfg.ks)
+    outcome.table = table
+    table.to_csv(folder / "results.csv", index=False)
+    md = format_table(table, cfg.ks)
+    note = "\n\nUsers are simulated (docs/ARCHITECTURE.md, 'Data').\n" \
+        if ds.meta.get("simulator") else "\n"
+    (folder / "results.md").write_text(
+        f"# {cfg.name} on {ds.name} ({cfg.eval_split} split, macro over users)\n\n{md}{note}",
+        encoding="utf-8")
+    plot_m_mrr(table, cfg.ks, folder / "plots" / "m_mrr_at_k.png")
+    return md
+
+
+def _data_report_lines(report: dict[str, Any]) -> list[str]:
+    """One line per kind of skipped or missing data (none when nothing was)."""
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items())
+    lines = []
+    if report.get("dataset_skipped"):
+        lines.append(f"skipped invalid clicks: {counts(report['dataset_skipped'])}")
+    feats = report.get("features") or {}
+    for what, key in (("OCR", "ocr"), ("embeddings", "embed")):
+        if feats.get(f"{key}_missing"):
+            lines.append(f"{what}: {feats[f'{key}_missing']} stickers without a usable image "
+                         f"({counts(feats.get(f'{key}_missing_by_reason') or {})})")
+    return lines
+
+
+def _report(cfg: ExperimentConfig, folder: Path, echo) -> None:
+    from bench.report import report_folder
+    try:
+        report_folder(folder, baseline=cfg.baseline, out=folder / "report")
+    except Exception as exc:  # the report is an extra; never lose the run for it
+        log.warning("report failed: %s", exc)
+        echo(f"warning: report not written ({type(exc).__name__}: {exc})")

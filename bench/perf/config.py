@@ -1,0 +1,67 @@
+"""What ``persrv-bench perf`` measures: :class:`PerfConfig`, the targets and the stage names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAPER_STICKERS = 543_098
+PAPER_REQUESTS = 12_568
+DEFAULT_SCALING = (10_000, 100_000, PAPER_STICKERS, 1_000_000)
+#: Workloads (``--workload``): ``zipf`` (the default, the targets are judged on it) and
+#: ``concepts`` (the 46-concept synthetic vocabulary of the ``synthetic`` builder).
+WORKLOADS = ("zipf", "concepts")
+#: Targets on zipf at paper scale (2 cores, features cached): name -> (goal, op, unit).
+TARGETS = {
+    "pipeline_s": (60.0, "<=", "s"),
+    "peak_rss_gb": (4.0, "<=", "GB"),
+    "bm25_fastest": (1.0, ">=", "x"),
+    "rank_bm25_speedup": (100.0, ">=", "x"),
+    "rank_bm25_identical": (1.0, ">=", "fraction"),
+    "sweep_trial_s": (3.0, "<=", "s"),
+    "help_s": (0.5, "<", "s"),
+}
+#: PerSRV fit stages: (stage, method of PerSRV.fit timed by wrapping it on the instance).
+FIT_STAGES = (("index", "_fit_index"), ("utility", "_fit_utility"),
+              ("clusters", "_fit_clusters"))
+#: Preferred order of the default retrievers: variants with identical recall are adjacent, so
+#: the recall-pool cache (two configurations) serves them; other registered persrv-* follow.
+ORDER = ("bm25", "persrv", "persrv-no-personalization", "persrv-no-description",
+         "persrv-no-utility", "persrv-bm25", "persrv-no-ocr", "persrv-no-queries")
+STAGE_COLUMNS = ("index", "utility", "clusters", "recall", "rerank", "results", "metrics")
+BM25_FIELDS = "ocr_text,queries"
+MB = 1 << 20
+
+
+@dataclass
+class PerfConfig:
+    """What ``persrv-bench perf`` measures (see :mod:`bench.perf`).
+
+    ``workload``: ``zipf`` or ``concepts`` (:mod:`bench.perf.workloads`); ``size``: stickers;
+    ``requests``: most test requests (the first ones); ``k``: ranking depth; ``pool``: PerSRV
+    recall depth; ``retrievers``: names (None: bm25 + persrv + every registered persrv-*);
+    ``rank_bm25_sample`` / ``naive_sample``: requests run on the slow references (0 skips);
+    ``peers``: run the fast references (bm25s numba, tantivy) on all requests; ``scaling``:
+    corpus sizes of the scaling curve (empty skips); ``sweep_trial`` and ``help_check``: measure
+    those too; ``dataset_dir``: an existing dataset instead of the workload's build;
+    ``batch_size``: requests per search call, as the runner's default.
+    """
+
+    size: int = PAPER_STICKERS
+    requests: int = PAPER_REQUESTS
+    k: int = 20
+    pool: int = 5000
+    seed: int = 0
+    workload: str = "zipf"
+    retrievers: tuple[str, ...] | None = None
+    rank_bm25_sample: int = 200
+    naive_sample: int = 50
+    peers: bool = True
+    scaling: tuple[int, ...] = DEFAULT_SCALING
+    sweep_trial: bool = True
+    help_check: bool = True
+    dataset_dir: str | None = None
+    batch_size: int = 2048
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted({x for x in (1, 5, 10, 20) if x <= self.k} | {self.k})

@@ -11,11 +11,14 @@ documents holding the field, so stickers without any text are left out of N and 
 the number of those containing t. Lengths are exact token counts (Lucene stores them in a
 lossy one-byte norm, so Elasticsearch's scores differ slightly for long documents).
 
-Backends:
+Backends (all Lucene's formula except rank-bm25; the first two give the same rankings, scores
+agree to float32 rounding):
 
-- ``bm25s`` (default): bm25s builds the term x document score matrix (``method="lucene"``);
-  retrieval is one sparse product per block of queries (query-term counts x score matrix),
-  blocks sized so the product stays small, then a top-k per row.
+- ``native`` (default, the fastest measured: see the note of :mod:`bench.bm25`): the project's
+  BM25 core :mod:`bench.bm25` — vectorised tokenisation, one CSR build of the term x document
+  weights, one sparse product per block of queries, one top-k over the scored entries.
+- ``bm25s``: bm25s builds the term x document score matrix (``method="lucene"``; its indexing
+  loops over documents in Python); retrieval is the same block loop and top-k as ``native``.
 - ``rank-bm25``: ``rank_bm25.BM25Okapi``, one dense pass per query — a slow reference. Its
   formula differs: idf = ln((N - n + 0.5) / (n + 0.5)), negative for terms in more than half of
   the documents and then floored at ``0.25 * mean idf``, and a tf part multiplied by (k1 + 1).
@@ -41,13 +44,15 @@ from bench.data.format import text_columns
 from bench.errors import ConfigError
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
-from bench.text import CHINESE_MODES, Tokenizer
+from bench.bm25.index import bm25_weights, counts_from_codes
+from bench.bm25.scoring import query_matrix, search_blocks
+from bench.text import CHINESE_MODES, Tokenizer, tokenize_to_codes
 
 log = logging.getLogger(__name__)
 
 #: The field name that means "every query under which the sticker was clicked in train".
 QUERIES_FIELD = "queries"
-BACKENDS = ("bm25s", "rank-bm25")
+BACKENDS = ("native", "bm25s", "rank-bm25")
 #: Upper bound on the non-zeros of one block's sparse product (sum of the query terms' postings).
 MAX_BLOCK_POSTINGS = 1 << 24
 
@@ -82,7 +87,8 @@ def resolve_fields(fields: str | Sequence[str], stickers: pd.DataFrame,
 
 def historical_queries(clicks: pd.DataFrame, sticker_ids: Sequence[str], sep: str = " ") -> list[str]:
     """Per sticker, the distinct queries it was clicked under in ``clicks`` (first click first),
-    joined by ``sep``; "" for stickers never clicked."""
+    joined by ``sep``; "" for stickers never clicked. Grouped in numpy: rows stably sorted by
+    sticker, then one join of all queries and one split at the sticker boundaries."""
     if clicks is None or len(clicks) == 0:
         return [""] * len(sticker_ids)
     c = clicks[["sticker_id", "query"]].copy()
@@ -90,8 +96,32 @@ def historical_queries(clicks: pd.DataFrame, sticker_ids: Sequence[str], sep: st
         c = c.iloc[np.argsort(clicks["ts"].to_numpy(), kind="stable")]
     c = c.dropna().astype({"sticker_id": str, "query": str})
     c = c[c["query"].str.strip() != ""].drop_duplicates(["sticker_id", "query"])
-    joined = c.groupby("sticker_id", sort=False)["query"].agg(sep.join)
-    return joined.reindex(pd.Index(list(sticker_ids), dtype=object)).fillna("").tolist()
+    group, stickers = pd.factorize(c["sticker_id"], sort=False)
+    order = np.argsort(group, kind="stable")
+    group, queries = group[order], c["query"].to_numpy(dtype=object)[order]
+    joined = _join_groups(queries, group, len(stickers), sep)
+    where = pd.Index(stickers, dtype=object).get_indexer(
+        pd.Index([str(s) for s in sticker_ids], dtype=object))
+    return [joined[i] if i >= 0 else "" for i in where.tolist()]
+
+
+def _join_groups(values: np.ndarray, group: np.ndarray, n_groups: int, sep: str) -> list[str]:
+    """``sep.join`` of each group's values (``group`` sorted, every group non-empty): one
+    ``str.join`` over all values and one ``str.split`` at a delimiter no value holds."""
+    if n_groups == 0:
+        return []
+    body = "".join(values.tolist()) + sep
+    delim = next((d for d in ("\x1e", "\x1f", "\x1d", "\x00") if d not in body), None)
+    starts = np.flatnonzero(np.diff(group, prepend=-1))
+    if delim is None:  # every candidate delimiter occurs: join group by group
+        ends = np.append(starts[1:], len(values)).tolist()
+        return [sep.join(values[a:e].tolist()) for a, e in zip(starts.tolist(), ends)]
+    glue = np.full(len(values), sep, dtype=object)
+    glue[starts[1:] - 1] = delim
+    glue[-1] = ""
+    pieces = np.empty(2 * len(values), dtype=object)
+    pieces[0::2], pieces[1::2] = values, glue
+    return "".join(pieces.tolist()).split(delim)
 
 
 def _as_text(value: Any, sep: str) -> str:
@@ -123,20 +153,6 @@ def field_texts(train: TrainView, fields: str | Sequence[str], sep: str = " ",
     return [sep.join(v for v in row if v) for row in zip(*columns)]
 
 
-# ------------------------------------------------------------------------------------- top-k
-
-def top_k_row(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of one row's candidates (scores, corpus positions), best first, ties by
-    position. O(m) selection, then a sort of the k (plus boundary ties) kept."""
-    m = len(scores)
-    if m > k:
-        kth = np.partition(scores, m - k)[m - k]
-        keep = scores >= kth
-        scores, idx = scores[keep], idx[keep]
-    order = np.lexsort((idx, -scores))[:k]
-    return idx[order], scores[order]
-
-
 # ----------------------------------------------------------------------------------- retriever
 
 @register("bm25")
@@ -145,15 +161,15 @@ class BM25Retriever:
 
     ``fields``: ``"all"`` (every text column), a name, a comma-separated string or a list; the
     name ``"queries"`` is the historical-query field (distinct train-click queries per sticker).
-    ``backend``: ``"bm25s"`` (fast, batched) or ``"rank-bm25"`` (reference, slow; see module
-    doc for its formula). ``k1``, ``b``: BM25 parameters. ``stem``: PyStemmer language or None.
+    ``backend``: ``"native"`` (the project's BM25 core, fastest), ``"bm25s"`` (bm25s builds the
+    index) or ``"rank-bm25"`` (reference, slow; see module doc for its formula). ``k1``, ``b``: BM25 parameters. ``stem``: PyStemmer language or None.
     ``chinese``: ``"jieba"``, ``"char"`` or ``"none"`` (see :class:`bench.text.Tokenizer`).
     ``batch_size``: most queries per sparse product.
     """
 
     name = "bm25"
 
-    def __init__(self, fields: list[str] | str = "all", backend: str = "bm25s",
+    def __init__(self, fields: list[str] | str = "all", backend: str = "native",
                  k1: float = 1.2, b: float = 0.75, stem: str | None = None,
                  chinese: str = "jieba", batch_size: int = 1024):
         self.fields = fields
@@ -185,34 +201,39 @@ class BM25Retriever:
             self.tokenizer_ = Tokenizer(stem=self.stem, chinese=self.chinese)
         except ValueError as exc:
             raise ConfigError(f"{self.name}: {exc}") from None
-        docs = self.tokenizer_.batch(field_texts(train, self.fields, retriever=self.name))
+        texts = field_texts(train, self.fields, retriever=self.name)
+        codes, lengths, terms = tokenize_to_codes(self.tokenizer_, texts)
         # Lucene's N and avgdl count only documents that hold at least one token.
-        self.doc_rows_ = np.flatnonzero(np.fromiter((len(d) > 0 for d in docs), dtype=bool,
-                                                    count=len(docs)))
-        docs = [docs[i] for i in self.doc_rows_]
+        self.doc_rows_ = np.flatnonzero(lengths > 0)
+        lengths = lengths[self.doc_rows_]
         self.index_ = None
         self.vocab_: dict[str, int] = {}
-        if not docs:
+        if not len(self.doc_rows_):
             log.warning("%s: no sticker has text in fields %r; every search returns nothing",
                         self.name, self.fields)
             return self
-        if self.backend == "bm25s":
-            self._fit_bm25s(docs)
+        if self.backend == "native":
+            counts = counts_from_codes(codes, lengths, terms)
+            self.vocab_ = counts.vocab
+            self.index_ = bm25_weights(counts, self.k1, self.b)
+        elif self.backend == "bm25s":
+            self._fit_bm25s(codes, lengths, terms)
         else:
             import rank_bm25
+            words = np.asarray(terms, dtype=object)[codes].tolist()
+            ends = np.cumsum(lengths).tolist()
+            docs = [words[e - n:e] for n, e in zip(lengths.tolist(), ends)]
             self.index_ = rank_bm25.BM25Okapi(docs, k1=self.k1, b=self.b)
         return self
 
-    def _fit_bm25s(self, docs: list[list[str]]) -> None:
+    def _fit_bm25s(self, codes: np.ndarray, lengths: np.ndarray, terms: list[str]) -> None:
         import bm25s
         import scipy.sparse as sp
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-        codes, terms = pd.factorize(pd.Series([t for d in docs for t in d], dtype=object))
         flat = codes.tolist()
         ends = np.cumsum(lengths).tolist()
-        ids = [flat[a:e] for a, e in zip([0] + ends[:-1], ends)]
-        vocab = {t: i for i, t in enumerate(terms.tolist())}
+        ids = [flat[e - n:e] for n, e in zip(lengths.tolist(), ends)]
+        vocab = {t: i for i, t in enumerate(terms)}
         model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         model.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab),
                     create_empty_token=False, show_progress=False)
@@ -220,7 +241,6 @@ class BM25Retriever:
         self.vocab_ = vocab
         self.index_ = sp.csr_matrix((s["data"], s["indices"], s["indptr"]),
                                     shape=(len(vocab), s["num_docs"]))
-        self.doc_freq_ = np.diff(s["indptr"])
 
     # ------------------------------------------------------------------------------ search
     def search(self, requests: Sequence[Request], k: int) -> Run:
@@ -233,59 +253,42 @@ class BM25Retriever:
         if self.index_ is None or k == 0 or not queries:
             ranked = {q: [] for q in queries}
         else:
-            tokens = self.tokenizer_.batch(queries)
-            hits = (self._search_bm25s(tokens, k) if self.backend == "bm25s"
-                    else self._search_rank_bm25(tokens, k))
-            ids = self.sticker_ids_
-            ranked = {q: list(zip(ids[self.doc_rows_[pos]].tolist(), sc.astype(float).tolist()))
-                      for q, (pos, sc) in zip(queries, hits)}
+            if self.backend == "rank-bm25":
+                pos, scores = self._search_rank_bm25(self.tokenizer_.batch(queries), k)
+            else:
+                pos, scores = self._search_index(queries, k)
+            ids = self.sticker_ids_[self.doc_rows_[np.maximum(pos, 0)]]
+            hits = (pos >= 0).sum(axis=1).tolist()
+            ranked = {q: list(zip(ids[i, :n].tolist(), scores[i, :n].astype(float).tolist()))
+                      for i, (q, n) in enumerate(zip(queries, hits))}
         run = Run(name=self.name)
         for r in requests:
             run[r] = list(ranked[r.query])
         return run
 
-    def _search_bm25s(self, tokens: list[list[str]], k: int):
-        import scipy.sparse as sp
-        vocab = self.vocab_
-        rows, cols = [], []
-        for i, toks in enumerate(tokens):
-            term_ids = [vocab[t] for t in toks if t in vocab]
-            rows.extend([i] * len(term_ids))
-            cols.extend(term_ids)
-        nq = len(tokens)
-        query_terms = sp.csr_matrix(
-            (np.ones(len(cols), dtype=np.float32), (np.asarray(rows, dtype=np.int64),
-                                                    np.asarray(cols, dtype=np.int64))),
-            shape=(nq, self.index_.shape[0]))  # repeated tokens are summed: counts
-        query_terms.sum_duplicates()
-        # A query's cost bound: total postings of its distinct terms.
-        row_of = np.repeat(np.arange(nq), np.diff(query_terms.indptr))
-        cost = np.bincount(row_of, weights=self.doc_freq_[query_terms.indices], minlength=nq)
-        empty = (np.array([], dtype=np.int64), np.array([], dtype=np.float32))
-        out = []
-        start = 0
-        while start < nq:
-            stop, used = start, 0
-            while stop < nq and stop - start < self.batch_size and \
-                    (stop == start or used + cost[stop] <= MAX_BLOCK_POSTINGS):
-                used += cost[stop]
-                stop += 1
-            block = (query_terms[start:stop] @ self.index_).tocsr()
-            for r in range(stop - start):
-                a, e = block.indptr[r], block.indptr[r + 1]
-                if a == e:
-                    out.append(empty)
-                    continue
-                data, idx = block.data[a:e], block.indices[a:e]
-                pos = data > 0
-                out.append(top_k_row(data[pos], idx[pos].astype(np.int64), k))
-            start = stop
-        return out
+    def _search_index(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows of the term x document ``index_`` (native and bm25s): one sparse query
+        matrix of token counts, scored block by block (:func:`bench.bm25.search_blocks`)."""
+        codes, lengths, terms = tokenize_to_codes(self.tokenizer_, queries)
+        index = self.__dict__.get("_terms")
+        if index is None or len(index) != len(self.vocab_):
+            index = self._terms = pd.Index(list(self.vocab_), dtype=object)
+        rows = index.get_indexer(pd.Index(terms, dtype=object)).astype(np.int64)[codes] \
+            if terms else np.zeros(0, dtype=np.int64)
+        query_of = np.repeat(np.arange(len(queries), dtype=np.int64), lengths)
+        q = query_matrix([(query_of, rows, 1.0)], len(queries), self.index_.shape[0])
+        return search_blocks(q, self.index_, k, max_queries=int(self.batch_size),
+                             max_postings=MAX_BLOCK_POSTINGS, positive_only=True)
 
-    def _search_rank_bm25(self, tokens: list[list[str]], k: int):
-        out = []
-        for toks in tokens:
+    def _search_rank_bm25(self, tokens: list[list[str]], k: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """rank-bm25's dense float64 scores per query, positive ones sorted (ties by position):
+        the slow reference, kept in float64 (the core's top-k packs float32 keys)."""
+        pos = np.full((len(tokens), k), -1, dtype=np.int64)
+        out = np.full((len(tokens), k), -np.inf, dtype=np.float64)
+        for i, toks in enumerate(tokens):
             scores = np.asarray(self.index_.get_scores(toks), dtype=np.float64)
-            pos = np.flatnonzero(scores > 0)
-            out.append(top_k_row(scores[pos], pos, k))
-        return out
+            hit = np.flatnonzero(scores > 0)
+            best = hit[np.lexsort((hit, -scores[hit]))[:k]]
+            pos[i, :len(best)], out[i, :len(best)] = best, scores[best]
+        return pos, out

@@ -6,6 +6,11 @@ never returned. Corpus embeddings go through the feature cache when ``train.cach
 by dataset fingerprint, model id, fields, normalisation and a hash of every (sticker id, text)
 pair, so a different historical-query field (another split) is a different entry.
 torch and sentence-transformers are imported in ``fit``/``search``, never at module import.
+
+At fit time the model's tokenizer is run on the distinct queries of the fitting clicks: the share
+of their (non-special) tokens that are the unknown token is ``unknown_token_share_`` (logged
+with the run); above ``UNKNOWN_TOKEN_WARN`` one warning names the model and the share (an English
+vocabulary on Chinese queries: most queries become ``[UNK]`` only).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ MAX_BLOCK_CELLS = 1 << 25
 #: Stickers encoded per feature-cache part (one atomic parquet file each).
 CACHE_CHUNK = 8192
 FIELD_SEP = "; "
+#: Unknown-token share of the fitting queries above which fit warns (the model does not cover
+#: the queries' language or script).
+UNKNOWN_TOKEN_WARN = 0.2
 #: Loaded encoders by (path, device), shared by every retriever of this process.
 _LOADED_MODELS: dict[tuple[str, str | None], object] = {}
 
@@ -124,6 +132,7 @@ class DenseTextRetriever:
         if int(self.batch_size) < 1:
             raise ConfigError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
         _, self.model_id_ = resolve_model(self.model)
+        self.unknown_token_share_ = self._unknown_token_share(train)
         names = resolve_fields(self.fields, train.stickers, self.name)
         texts = field_texts(train, names, sep=FIELD_SEP, retriever=self.name)
         self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
@@ -140,6 +149,29 @@ class DenseTextRetriever:
         else:
             self.embeddings_ = self._cached_embeddings(train, names, ids, docs)
         return self
+
+    def _unknown_token_share(self, train: TrainView) -> float | None:
+        """Share of the fitting queries' tokens that the model's tokenizer maps to its unknown
+        token (None without queries or without an unknown token); warns above 20%."""
+        queries = [] if train.clicks is None or "query" not in train.clicks else \
+            list(dict.fromkeys(q for q in train.clicks["query"].tolist() if isinstance(q, str)))
+        tokenizer = getattr(self._encoder(), "tokenizer", None) if queries else None
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None:
+            return None
+        ids = tokenizer(queries, add_special_tokens=False)["input_ids"]
+        total = sum(len(x) for x in ids)
+        if total == 0:
+            return None
+        unknown = sum(t == unk for x in ids for t in x)
+        share = unknown / total
+        if share > UNKNOWN_TOKEN_WARN:
+            only_unk = sum(bool(x) and all(t == unk for t in x) for x in ids)
+            log.warning("%s: model %s maps %.1f%% of the query tokens to its unknown token "
+                        "(%d of %d distinct queries are unknown tokens only); choose a model "
+                        "for the queries' language (model=<name or path>)", self.name,
+                        self.model_id_, 100 * share, only_unk, len(queries))
+        return round(share, 6)
 
     def _cached_embeddings(self, train: TrainView, names: list[str], ids: list[str],
                            docs: list[str]) -> np.ndarray:

@@ -7,13 +7,15 @@
 Fields (each a BM25 field with its own statistics and boost): ``ocr`` <- column ``ocr_text``,
 ``queries`` <- the distinct queries of the fitting clicks (``TrainView.clicks`` only, never a
 later split), ``description`` <- ``description`` (VLM), ``keywords`` <- ``keywords`` (VLM
-keywords/emotions; off by default, as in the reference), ``text`` <- every other text column of
-the dataset (``text``, ``title``, ...) joined. A field whose column is absent, or whose boost is 0,
-is not queried.
+keywords/emotions; off by default, as in the reference), ``text`` <- the dataset's other text
+columns (``text``, ``title``, ...) joined, per ``text_columns`` (by default not the source fields
+a dataset marks as metadata, e.g. persrv-csv's emotion/keyword/type columns). A field whose
+column is absent, or whose boost is 0, is not queried.
 
-Registered: ``persrv`` (full), ``persrv-no-personalization`` (BM25 + utility),
-``persrv-no-utility``, ``persrv-no-ocr``, ``persrv-no-queries``, ``persrv-no-description``,
-``persrv-bm25`` (multi-field BM25 only). They are one class with other defaults.
+Registered here: ``persrv``; its ablations and the ``persrv-reference`` preset (the same class
+with other defaults) are in :mod:`baselines.persrv_variants`. Recall pools and their shared cache:
+:mod:`bench.persrv.recall_cache`; clusters: :mod:`bench.persrv.clustering`; re-rank:
+:mod:`bench.persrv.rerank` (and :mod:`bench.persrv.standardized` for the reference geometry).
 
 For sweeps: ``fit`` keeps the index; :meth:`PerSRV.with_params` returns a retriever with some
 parameters changed that refits only what those parameters touch (clusters for cluster
@@ -28,127 +30,53 @@ small per-process cache).
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.data.format import text_columns
+from baselines.persrv_config import (CLUSTER_PARAMS, FIELD_BOOSTS, FIELD_COLUMNS,  # noqa: F401
+                                     INDEX_PARAMS, UTILITY_PARAMS, PerSRVConfig,
+                                     historical_queries)
 from bench.errors import ConfigError
+from bench.persrv.clustering import UserClusters, cluster_users, inverse_norms, user_points
 from bench.persrv.fields import MultiFieldBM25
-from bench.persrv.personalization import (ClusterConfig, UserClusters, cluster_users,
-                                          inverse_norms, rerank, user_points)
-from bench.persrv.utility import UtilityConfig, utility_boost, utility_values
-from bench.retrieval import Request, Run, TrainView
+from bench.persrv.recall_cache import _RECALL_CACHES  # noqa: F401  (tests clear it)
+from bench.persrv.recall_cache import RecallPool, digest, recall_cache
+from bench.persrv.rerank import rerank
+from bench.persrv.standardized import rerank_standardized, standardized_clusters
+from bench.persrv.utility import utility_boost, utility_values
 from bench.registry import register
-from bench.text import CHINESE_MODES, Tokenizer
+from bench.retrieval import Request, Run, TrainView
+from bench.text import Tokenizer
 
 log = logging.getLogger(__name__)
 
-#: PerSRV field -> the sticker column it reads ("queries" comes from the clicks).
-FIELD_COLUMNS = {"ocr": "ocr_text", "description": "description", "keywords": "keywords"}
-FIELD_BOOSTS = {"ocr": "ocr_boost", "queries": "queries_boost", "description": "desc_boost",
-                "keywords": "keywords_boost", "text": "text_boost"}
-INDEX_PARAMS = frozenset({"k1", "b", "k1_plus_one", "stem", "chinese"})
-UTILITY_PARAMS = frozenset({"utility", "utility_source", "utility_components", "utility_combine",
-                            "utility_normalize", "utility_factor", "utility_modifier",
-                            "utility_missing"})
-CLUSTER_PARAMS = frozenset({"personalization", "cluster_algorithm", "n_clusters",
-                            "min_cluster_size", "hdbscan_min_samples", "hdbscan_noise",
-                            "cluster_linkage", "gmm_covariance", "min_radius",
-                            "cluster_max_iter", "kmeans_impl", "seed"})
-#: Recall caches kept for reuse by other retrievers with identical recall (each holds the pools
-#: of every query it has seen: ~0.5 GB at paper scale).
-RECALL_CACHE_SIZE = 2
-_RECALL_CACHES: "OrderedDict[tuple, _RecallCache]" = OrderedDict()
-
-
-@dataclass
-class RecallPool:
-    """Recall results of distinct queries: ``ids`` (n, pool) int32 sticker rows (-1 padding),
-    ``scores`` (n, pool) float32 (-inf padding), best first; ``row_of[query]`` is its row."""
-
-    queries: list[str]
-    ids: np.ndarray
-    scores: np.ndarray
-
-    def __post_init__(self):
-        self.row_of = {q: i for i, q in enumerate(self.queries)}
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    def rows(self, requests: Sequence[Request]) -> np.ndarray:
-        """Pool row of each request's query (KeyError for a query not in the pool)."""
-        return np.fromiter((self.row_of[r.query] for r in requests), dtype=np.int64,
-                           count=len(requests))
-
-
-class _RecallCache:
-    """Pools computed so far for one recall configuration: a list of pools + query index."""
-
-    def __init__(self):
-        self.pools: list[RecallPool] = []
-        self.where: dict[str, tuple[int, int]] = {}
-
-    def add(self, pool: RecallPool, repoint: bool = False) -> None:
-        """Keep ``pool``; with ``repoint`` its queries are looked up there from now on (and
-        pools no query points to any more are released)."""
-        n = len(self.pools)
-        self.pools.append(pool)
-        for q, i in pool.row_of.items():
-            if repoint:
-                self.where[q] = (n, i)
-            else:
-                self.where.setdefault(q, (n, i))
-        if repoint:
-            used = {p for p, _ in self.where.values()}
-            self.pools = [p if i in used else None for i, p in enumerate(self.pools)]
-
-
-def _cell_text(value: Any, sep: str = " ") -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return sep.join(str(v) for v in value if v is not None)
-    return str(value)
-
-
-def historical_queries(clicks: pd.DataFrame, sticker_ids: Sequence[str], sep: str = " ") -> list[str]:
-    """Per sticker, its distinct train-click queries joined (see baselines.bm25)."""
-    from baselines.bm25 import historical_queries as hq
-    return hq(clicks, sticker_ids, sep=sep)
-
-
-def _digest(array: np.ndarray | None) -> str | None:
-    if array is None:
-        return None
-    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
-
 
 @register("persrv")
-class PerSRV:
+class PerSRV(PerSRVConfig):
     """PerSRV: multi-field BM25 + sticker utility recall, re-ranked toward the user's style clusters.
 
     Fields and boosts: ``ocr_boost`` (ocr_text), ``queries_boost`` (train-click queries),
     ``desc_boost`` (VLM description), ``keywords_boost`` (VLM keywords), ``text_boost`` (every
-    other text column); 0 turns a field off. BM25: ``k1``, ``b``, ``k1_plus_one`` (Lucene <= 7
-    numerator), tokenizer ``stem`` and ``chinese``. ``pool``: recall depth re-ranked.
+    other text column, chosen by ``text_columns``: see :meth:`text_field_columns`); 0 turns a
+    field off. BM25: ``k1``, ``b``, ``k1_plus_one`` (Lucene <= 7 numerator), tokenizer ``stem``
+    and ``chinese``. ``pool``: recall depth re-ranked; ``pool_per_k`` > 0 makes it
+    ``pool_per_k x k`` of each search instead (the reference: 5).
     Utility (``utility`` on/off): ``utility_source`` (clicks | columns), ``utility_components``
     ("popularity", "users", "queries", comma-separated), ``utility_combine``,
     ``utility_normalize``, ``utility_factor``, ``utility_modifier``, ``utility_missing`` (see
     :class:`bench.persrv.utility.UtilityConfig`). Personalization (``personalization`` on/off):
     ``cluster_algorithm``, ``n_clusters``, ``min_cluster_size``, ``hdbscan_min_samples``,
     ``hdbscan_noise``, ``cluster_linkage``, ``gmm_covariance``, ``min_radius``,
-    ``cluster_max_iter``, ``kmeans_impl`` (see :class:`~bench.persrv.personalization.ClusterConfig`),
-    ``rerank_weight`` and ``rerank_mode`` (multiply | sum). ``seed``: clustering randomness.
+    ``cluster_max_iter``, ``kmeans_impl`` (see
+    :class:`~bench.persrv.clustering.ClusterConfig`),
+    ``geometry`` (cosine: unit vectors, cosine radius | standardized: the reference's per-user
+    standardised space, Euclidean radius, :mod:`bench.persrv.standardized`), ``rerank_weight``,
+    ``rerank_mode`` (multiply | sum) and ``rerank_never_lower`` (a score is only ever raised, as
+    in the reference). ``seed``: clustering randomness.
     ``n_threads``: recall and re-rank threads (default: available CPUs, at most 4).
     """
 
@@ -156,8 +84,10 @@ class PerSRV:
 
     def __init__(self, ocr_boost: float = 1.0, queries_boost: float = 0.5,
                  desc_boost: float = 1.0, keywords_boost: float = 0.0, text_boost: float = 1.0,
-                 k1: float = 1.2, b: float = 0.75, k1_plus_one: bool = False,
+                 text_columns: str = "auto", k1: float = 1.2, b: float = 0.75,
+                 k1_plus_one: bool = False,
                  stem: str | None = None, chinese: str = "jieba", pool: int = 5000,
+                 pool_per_k: int = 0,
                  utility: bool = True, utility_source: str = "clicks",
                  utility_components: str = "popularity", utility_combine: str = "sum",
                  utility_normalize: str = "none", utility_factor: float = 0.3,
@@ -167,19 +97,23 @@ class PerSRV:
                  hdbscan_min_samples: int | None = None, hdbscan_noise: str = "singleton",
                  cluster_linkage: str = "ward", gmm_covariance: str = "diag",
                  min_radius: float = 0.0, cluster_max_iter: int = 100,
-                 kmeans_impl: str = "batched", rerank_weight: float = 0.3,
-                 rerank_mode: str = "multiply", seed: int = 0, n_threads: int | None = None):
+                 kmeans_impl: str = "batched", geometry: str = "cosine",
+                 rerank_weight: float = 0.3, rerank_mode: str = "multiply",
+                 rerank_never_lower: bool = False, seed: int = 0,
+                 n_threads: int | None = None):
         self.ocr_boost = ocr_boost
         self.queries_boost = queries_boost
         self.desc_boost = desc_boost
         self.keywords_boost = keywords_boost
         self.text_boost = text_boost
+        self.text_columns = text_columns
         self.k1 = k1
         self.b = b
         self.k1_plus_one = k1_plus_one
         self.stem = stem
         self.chinese = chinese
         self.pool = pool
+        self.pool_per_k = pool_per_k
         self.utility = utility
         self.utility_source = utility_source
         self.utility_components = utility_components
@@ -199,8 +133,10 @@ class PerSRV:
         self.min_radius = min_radius
         self.cluster_max_iter = cluster_max_iter
         self.kmeans_impl = kmeans_impl
+        self.geometry = geometry
         self.rerank_weight = rerank_weight
         self.rerank_mode = rerank_mode
+        self.rerank_never_lower = rerank_never_lower
         self.seed = seed
         self.n_threads = n_threads
 
@@ -208,51 +144,6 @@ class PerSRV:
     def param_names(self) -> list[str]:
         return [n for n in inspect.signature(PerSRV.__init__).parameters if n != "self"]
 
-    def boosts(self) -> dict[str, float]:
-        """PerSRV field -> boost."""
-        return {f: float(getattr(self, p)) for f, p in FIELD_BOOSTS.items()}
-
-    def utility_config(self) -> UtilityConfig:
-        try:
-            return UtilityConfig(components=self.utility_components, combine=self.utility_combine,
-                                 normalize=self.utility_normalize, factor=self.utility_factor,
-                                 modifier=self.utility_modifier, missing=self.utility_missing,
-                                 source=self.utility_source)
-        except ValueError as exc:
-            raise ConfigError(f"{self.name}: {exc}") from None
-
-    def cluster_config(self) -> ClusterConfig:
-        try:
-            return ClusterConfig(algorithm=self.cluster_algorithm, n_clusters=int(self.n_clusters),
-                                 min_cluster_size=int(self.min_cluster_size),
-                                 min_samples=self.hdbscan_min_samples, noise=self.hdbscan_noise,
-                                 linkage=self.cluster_linkage,
-                                 covariance_type=self.gmm_covariance,
-                                 min_radius=float(self.min_radius),
-                                 max_iter=int(self.cluster_max_iter),
-                                 kmeans_impl=self.kmeans_impl, seed=int(self.seed))
-        except ValueError as exc:
-            raise ConfigError(f"{self.name}: {exc}") from None
-
-    def _check_params(self) -> None:
-        if self.chinese not in CHINESE_MODES:
-            raise ConfigError(f"{self.name}: chinese must be one of {', '.join(CHINESE_MODES)}, "
-                              f"got {self.chinese!r}")
-        for f, boost in self.boosts().items():
-            if not np.isfinite(boost) or boost < 0:
-                raise ConfigError(f"{self.name}: {FIELD_BOOSTS[f]} must be >= 0, got {boost}")
-        if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ConfigError(f"{self.name}: need k1 >= 0 and 0 <= b <= 1 "
-                              f"(got k1={self.k1}, b={self.b})")
-        if int(self.pool) < 1:
-            raise ConfigError(f"{self.name}: pool must be >= 1, got {self.pool}")
-        if self.rerank_mode not in ("multiply", "sum"):
-            raise ConfigError(f"{self.name}: rerank_mode must be multiply or sum, "
-                              f"got {self.rerank_mode!r}")
-        self.utility_config()
-        self.cluster_config()
-
-    # ---------------------------------------------------------------------------------- fit
     def fit(self, train: TrainView) -> "PerSRV":
         self._check_params()
         self.train_ = train
@@ -263,21 +154,6 @@ class PerSRV:
         self._fit_clusters(train)
         self._attach_recall_cache()
         return self
-
-    def field_texts(self, train: TrainView) -> dict[str, list[str]]:
-        """The text of every PerSRV field present in ``train`` (one per sticker)."""
-        st = train.stickers
-        out: dict[str, list[str]] = {}
-        for f, col in FIELD_COLUMNS.items():
-            if col in st.columns:
-                out[f] = [_cell_text(v) for v in st[col].tolist()]
-        out["queries"] = historical_queries(train.clicks, train.sticker_ids)
-        other = [c for c in text_columns(st) if c not in FIELD_COLUMNS.values()]
-        if other:
-            cols = [[_cell_text(v) for v in st[c].tolist()] for c in other]
-            out["text"] = cols[0] if len(cols) == 1 else \
-                [" ".join(v for v in row if v) for row in zip(*cols)]
-        return out
 
     def _fit_index(self, train: TrainView) -> None:
         try:
@@ -329,7 +205,10 @@ class PerSRV:
                 clicks["sticker_id"].astype(str)) if len(clicks) else np.zeros(0, dtype=np.int64)
             users = clicks["user_id"].astype(str).tolist() if len(clicks) else []
             self.user_points_ = user_points(users, rows, emb, inv_norms=self.inv_norms_)
-        self.clusters_ = cluster_users(self.user_points_, self.cluster_config())
+        if self.geometry == "standardized":
+            self.clusters_ = standardized_clusters(self.user_points_, emb, self.cluster_config())
+        else:
+            self.clusters_ = cluster_users(self.user_points_, self.cluster_config())
 
     def _pool_width(self) -> int:
         """The recall depth: ``pool``, at most the number of stickers."""
@@ -342,20 +221,10 @@ class PerSRV:
             return None
         fields = tuple(sorted((f, b, str(idx.count_keys_[f])) for f, b in idx.fields.items()))
         return (fields, idx.k1, idx.b, idx.k1_plus_one, str(idx.dtype), self._pool_width(),
-                _digest(self.doc_boost_), self.n_stickers_)
+                digest(self.doc_boost_), self.n_stickers_)
 
     def _attach_recall_cache(self) -> None:
-        key = self._recall_signature()
-        if key is None:
-            self._recall = _RecallCache()
-            return
-        cache = _RECALL_CACHES.get(key)
-        if cache is None:
-            cache = _RECALL_CACHES[key] = _RecallCache()
-        _RECALL_CACHES.move_to_end(key)
-        while len(_RECALL_CACHES) > RECALL_CACHE_SIZE:
-            _RECALL_CACHES.popitem(last=False)
-        self._recall = cache
+        self._recall = recall_cache(self._recall_signature())
 
     def with_params(self, **params) -> "PerSRV":
         """A retriever with ``params`` changed that reuses this one's fitted state where the
@@ -451,10 +320,16 @@ class PerSRV:
             scores[:, :width] = pool.scores[rows, :width]
             return ids, scores
         users = clusters.user_index([r.user_id for r in requests])
-        return rerank(pool.ids, pool.scores, users, self.embeddings_, clusters,
-                      weight=self.rerank_weight if weight is None else weight,
-                      mode=self.rerank_mode if mode is None else mode, k=k, pool_row=rows,
-                      inv_norms=self.inv_norms_, n_threads=self.n_threads)
+        weight = self.rerank_weight if weight is None else weight
+        mode = self.rerank_mode if mode is None else mode
+        never_lower = bool(self.rerank_never_lower)
+        if self.geometry == "standardized":
+            return rerank_standardized(pool.ids, pool.scores, users, self.embeddings_, clusters,
+                                       weight=weight, mode=mode, k=k, pool_row=rows,
+                                       never_lower=never_lower)
+        return rerank(pool.ids, pool.scores, users, self.embeddings_, clusters, weight=weight,
+                      mode=mode, k=k, pool_row=rows, inv_norms=self.inv_norms_,
+                      n_threads=self.n_threads, never_lower=never_lower)
 
     def to_run(self, requests: Sequence[Request], ids: np.ndarray, scores: np.ndarray) -> Run:
         """A :class:`Run` from sticker-row results (padding dropped)."""
@@ -471,32 +346,11 @@ class PerSRV:
         requests = list(requests)
         if not requests:
             return Run(name=self.name)
-        me = self if int(k) <= self._pool_width() or int(self.pool) >= self.n_stickers_ \
-            else self.with_params(pool=int(k))
+        if int(self.pool_per_k) > 0:  # the reference: recall depth = pool_per_k x k
+            me = self.with_params(pool=max(1, int(self.pool_per_k) * int(k)), pool_per_k=0)
+        else:
+            me = self if int(k) <= self._pool_width() or int(self.pool) >= self.n_stickers_ \
+                else self.with_params(pool=int(k))
         pool = me.recall(requests)
         ids, scores = me.personalize(pool, requests, int(k))
         return self.to_run(requests, ids, scores)
-
-
-def _variant(name: str, doc: str, **defaults) -> type:
-    """A registered PerSRV subclass that differs only in parameter defaults."""
-    base = inspect.signature(PerSRV.__init__)
-    sig = base.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults
-                                   else p for p in base.parameters.values()])
-
-    def __init__(self, **params):
-        PerSRV.__init__(self, **{**defaults, **params})
-
-    __init__.__signature__ = sig
-    qual = "PerSRV_" + name.removeprefix("persrv-").replace("-", "_")
-    cls = type(qual, (PerSRV,), {"__init__": __init__, "__doc__": doc, "__module__": __name__,
-                                 "__qualname__": qual, "name": name})
-    return register(name)(cls)
-
-
-PerSRVNoPersonalization = _variant("persrv-no-personalization", "PerSRV without the personalised re-rank (BM25 fields + utility).", personalization=False)  # noqa: E501
-PerSRVNoUtility = _variant("persrv-no-utility", "PerSRV without the utility boost (BM25 fields + personalization).", utility=False)  # noqa: E501
-PerSRVNoOCR = _variant("persrv-no-ocr", "PerSRV without the OCR text field.", ocr_boost=0.0)
-PerSRVNoQueries = _variant("persrv-no-queries", "PerSRV without the historical-query field.", queries_boost=0.0)  # noqa: E501
-PerSRVNoDescription = _variant("persrv-no-description", "PerSRV without the VLM description field.", desc_boost=0.0)  # noqa: E501
-PerSRVBM25 = _variant("persrv-bm25", "PerSRV's multi-field BM25 alone (no utility, no personalization).", utility=False, personalization=False)  # noqa: E501

@@ -43,7 +43,7 @@ def popularity_counts(rows: np.ndarray, n_stickers: int) -> np.ndarray:
 
 @register("query-lookup")
 class QueryLookupRetriever:
-    """Stickers clicked under the exact query in the fitting clicks (most clicks first), then popularity.
+    """Stickers clicked under the exact query in the fitting clicks (most first), then popularity.
 
     Ranking for a request with query q: the stickers clicked under q, by their clicks under q;
     ties by their total fitting clicks (popularity), then corpus order; then every other sticker

@@ -32,9 +32,23 @@ class DatasetSpec(_Strict):
 
 
 class SplitSpec(_Strict):
+    mode: Literal["per_user", "global_time"] = "per_user"
     val_groups: int = Field(1, ge=0)
     test_groups: int = Field(1, ge=1)
     min_train_groups: int = Field(1, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="global_time: share of sessions")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="global_time: share of sessions")
+
+
+class ProtocolSpec(_Strict):
+    """How requests are made (DESIGN §3): ``simulated-users`` (the dataset's clicks, split by
+    ``split:``) or ``leave-one-query-out`` (one seeded human query per sticker is the test)."""
+
+    name: Literal["simulated-users", "leave-one-query-out"] = "simulated-users"
+    seed: int = 0
+    min_queries: int = Field(2, ge=2)
+    validation: bool = Field(False, description="leave-one-query-out: hold out a second query")
+    queries_column: str | None = Field(None, description="default: gt_queries, gt_raw_queries")
 
 
 class RetrieverSpec(_Strict):
@@ -58,6 +72,7 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     dataset: DatasetSpec
     split: SplitSpec = Field(default_factory=SplitSpec)
+    protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
@@ -200,16 +215,45 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+#: Bounds on a config file: its size, and how many YAML aliases (``*name``) it may use — a
+#: 480-byte "billion laughs" file expands to gigabytes when validated.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_ALIASES = 200
+
+
+def safe_yaml_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with the bounds above (a :class:`ConfigError` names the file)."""
+    import yaml
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1000} kB; is this a "
+                          "config file?")
+    try:
+        aliases = sum(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text,
+                                                                           Loader=yaml.SafeLoader))
+        if aliases > MAX_YAML_ALIASES:
+            raise ConfigError(f"{source}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
+                              "refusing a config that could expand without bound")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML ({first[:200]})") from None
+
+
 def read_yaml_config(path: str | Path, overrides: list[str] | None = None) -> Any:
     """A YAML config file as raw data, with ``-o key=value`` overrides applied to a mapping."""
-    import yaml
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES // 1000} kB; is this a "
+                              "config file?")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    raw = safe_yaml_load(text, str(p)) or {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides or []))
     return raw

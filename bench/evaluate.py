@@ -19,6 +19,7 @@ without run lines score 0 (counted as ``n_without_run``).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.data.splits import Requests
     from bench.retrieval import Request
 
+log = logging.getLogger(__name__)
 RUN_FIELDS = ("qid", "Q0", "docid", "rank", "score", "tag")
 QRELS_FIELDS = ("qid", "iter", "docid", "rel")
 USERS_HEADER = ("qid", "user_id")
@@ -49,6 +51,9 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, start=1):
+                if lineno == 1 and line.startswith("\ufeff"):  # a UTF-8 byte-order mark
+                    log.warning("%s starts with a UTF-8 byte-order mark (BOM); ignored", path)
+                    line = line[1:]
                 stripped = line.strip()
                 if stripped and not stripped.startswith("#"):
                     yield lineno, line.rstrip("\r\n")
@@ -129,6 +134,8 @@ def evaluate_files(run_path: str | Path, qrels_path: str | Path,
     """
     ks = sorted({int(k) for k in ks})
     rankings = read_trec_run(run_path)
+    if not rankings:
+        log.warning("%s holds no ranked results: every request scores 0", run_path)
     relevant = read_qrels(qrels_path)
     if not relevant:
         raise DatasetError("no relevant judgements (no line with rel > 0)", file=str(qrels_path))

@@ -8,6 +8,7 @@ away mid-run. ``status.json`` in the folder says ``running`` / ``complete`` / ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,8 +67,10 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view,
     qids = requests.qids
     write_qrels(requests, folder / "qrels.txt", qids)
     write_users(requests, folder / "requests.tsv", qids)
-    runner.request_segments(ds, view.clicks, requests).to_parquet(folder / "segments.parquet",
-                                                                  index=False)
+    from bench.segments import label_requests
+    segments = runner.request_segments(ds, view.clicks, requests)
+    segments = segments.merge(label_requests(requests, view.clicks), on="qid", how="left")
+    segments.to_parquet(folder / "segments.parquet", index=False)
     sample = runner.history_sample(view, ds)
     if sample is not None:
         sample.to_parquet(folder / "history_sample.parquet", index=False)
@@ -104,11 +107,32 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
     experiment = cfg.tracking.experiment or ds.name
     folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_status(folder, "running")
-    split_report = splits.counts()
-    data_report = write_inputs(cfg, folder, ds, requests, view, feature_report, split_report)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_status(folder, "running")
+    except OSError as exc:
+        raise _output_error(exc, folder) from None
     tracking = BenchmarkLog(uri, experiment, folder, echo)
+    with terminate_as_interrupt():
+        try:
+            return _run_in_folder(cfg, folder, tracking, ds, splits, requests, view,
+                                  feature_report, config_path, parent_run_id, uri, echo)
+        except KeyboardInterrupt:
+            _mark(folder, tracking, "killed", "KILLED", "interrupted")
+            raise
+        except OSError as exc:  # disk full, read-only folder: one line, what exists is kept
+            _mark(folder, tracking, "failed", "FAILED", str(exc))
+            raise _output_error(exc, folder) from None
+        except BaseException as exc:
+            _mark(folder, tracking, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+
+
+def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, requests, view,
+                   feature_report, config_path, parent_run_id, uri, echo) -> RunOutcome:
+    experiment = tracking.experiment
+    split_report = splits.split_report()
+    data_report = write_inputs(cfg, folder, ds, requests, view, feature_report, split_report)
     resolved = cfg.model_dump(mode="json")
     tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
                           config_path=config_path, parent_run_id=parent_run_id, params={
@@ -151,14 +175,56 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     return outcome
 
 
+def _output_error(exc: OSError, folder: Path):
+    from bench.errors import BenchError
+    where = exc.filename or folder
+    return BenchError(f"cannot write {where}: {exc.strerror or exc} (results written so far "
+                      f"are kept in {folder}, marked in status.json)")
+
+
+def _mark(folder: Path, tracking, state: str, mlflow_status: str, why: str) -> None:
+    """Best effort: the folder's status.json and the parent run say how the run ended."""
+    try:
+        write_status(folder, state, error=why[:2000])
+    except OSError:
+        pass
+    tracking.abort(mlflow_status)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (``kill``, a scheduler's timeout) raises KeyboardInterrupt in the main thread, so
+    the run is marked killed exactly as after Ctrl-C."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def write_tables(cfg: ExperimentConfig, folder: Path, outcome: RunOutcome, ds) -> str:
     """results.csv, results.md and plots/m_mrr_at_k.png; returns the markdown table."""
     from bench.report.plots import plot_m_mrr
-    from bench.report.tables import format_table, results_table
+    from bench.report.tables import format_segment_table, format_table, results_table
     table = results_table(outcome.results, cfg.ks)
     outcome.table = table
     table.to_csv(folder / "results.csv", index=False)
     md = format_table(table, cfg.ks)
+    kmax = max(cfg.ks)
+    seg_md = format_segment_table(table, "m_mrr", kmax)
+    if seg_md:
+        (folder / "segments.md").write_text(seg_md + "\n", encoding="utf-8")
+        md += (f"\n\nM-MRR@{kmax} by segment (request counts in the header; docs/ARCHITECTURE.md,"
+               f" 'Metrics'):\n\n{seg_md}")
     note = "\n\nUsers are simulated (docs/ARCHITECTURE.md, 'Data').\n" \
         if ds.meta.get("simulator") else "\n"
     (folder / "results.md").write_text(

@@ -50,7 +50,7 @@ def user_ci(per_request_path: Path, metric: str, seed: int = 0) -> tuple[float, 
     from bench.report.stats import bootstrap_ci
     frame = pd.read_parquet(per_request_path)
     users = frame.groupby("user_id")[metric].mean().to_numpy()
-    _, lo, hi = bootstrap_ci(users, seed=seed)
+    lo, hi = bootstrap_ci(users, seed=seed)
     return float(lo), float(hi)
 
 

@@ -92,15 +92,19 @@ def per_request(rankings: Mapping[Hashable, Sequence[str]],
             if sid in rel:
                 rows.append(i)
                 cols.append(j)
-    hits = np.zeros((n, kmax), dtype=np.float64)
+    # columns only as deep as the longest ranking: a k past it (k = 10^9) changes nothing and
+    # must not allocate requests x k
+    depth = max(1, min(kmax, max(cols, default=-1) + 1))
+    hits = np.zeros((n, depth), dtype=np.float64)
     hits[rows, cols] = 1.0
 
-    ranks = np.arange(1, kmax + 1, dtype=np.float64)
+    ranks = np.arange(1, depth + 1, dtype=np.float64)
     discount = 1.0 / np.log2(ranks + 1.0)
     cum_rr = np.cumsum(hits / ranks, axis=1)
     cum_hits = np.cumsum(hits, axis=1)
     cum_dcg = np.cumsum(hits * discount, axis=1)
-    ideal = np.concatenate([[0.0], np.cumsum(discount)])  # ideal[m] = DCG of m hits on top
+    n_ideal = int(min(kmax, n_rel.max(initial=0)))
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, n_ideal + 2.0)))])
     first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.iinfo(np.int64).max)
     safe_rel = np.maximum(n_rel, 1)
 
@@ -111,11 +115,12 @@ def per_request(rankings: Mapping[Hashable, Sequence[str]],
     }
     values = {}
     for k in ks:
-        values[("m_mrr", k)] = cum_rr[:, k - 1]
+        col = min(k, depth) - 1
+        values[("m_mrr", k)] = cum_rr[:, col]
         values[("mrr", k)] = np.where(first <= k, 1.0 / np.minimum(first, kmax), 0.0)
-        values[("recall", k)] = np.where(n_rel > 0, cum_hits[:, k - 1] / safe_rel, 0.0)
-        idcg = ideal[np.minimum(n_rel, k)]
-        values[("ndcg", k)] = np.divide(cum_dcg[:, k - 1], idcg, out=np.zeros(n),
+        values[("recall", k)] = np.where(n_rel > 0, cum_hits[:, col] / safe_rel, 0.0)
+        idcg = ideal[np.minimum(n_rel, min(k, n_ideal))]
+        values[("ndcg", k)] = np.divide(cum_dcg[:, col], idcg, out=np.zeros(n),
                                         where=idcg > 0)
     for m in METRICS:
         for k in ks:

@@ -40,12 +40,12 @@ class RetrieverResult:
 
 def prepare(cfg: ExperimentConfig):
     """Dataset, splits, requests and the train view with offline features attached."""
+    from bench.data.protocols import protocol_splits
     from bench.data.resolve import resolve_dataset
-    from bench.data.splits import SplitConfig, split_interactions
     from bench.retrieval import leak_safe_view
 
     ds = resolve_dataset(cfg.dataset)
-    splits = split_interactions(ds.interactions, SplitConfig(**cfg.split.model_dump()))
+    splits = protocol_splits(ds, cfg.protocol, cfg.split)
     requests = splits.requests(cfg.eval_split)
     check_usable(ds, requests, cfg)  # before the (expensive) features
     stickers, embeddings, feature_report = attach_configured_features(ds, cfg.features)
@@ -103,8 +103,11 @@ FEATURE_REPORT_PARAMS = ("ocr", "ocr_missing", "ocr_missing_by_reason", "encoder
                          "embed_missing", "embed_missing_by_reason")
 
 
-def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfig, folder: Path):
-    """Fit, search in batches, score; writes run.trec and per_request.parquet into ``folder``."""
+def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfig, folder: Path,
+                       labels=None):
+    """Fit, search in batches, score (overall and per segment); writes run.trec and
+    per_request.parquet into ``folder``. ``labels``: :func:`bench.segments.label_requests` of
+    these requests (computed here when None)."""
     from tqdm.auto import tqdm
 
     from bench.metrics import evaluate_run
@@ -117,17 +120,22 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
     retriever.fit(view)
     fit_s = time.perf_counter() - t0
     run = Run(name=spec.display)
+    depth = max(1, min(cfg.depth, len(view.stickers)))  # k is capped by the corpus
     t0 = time.perf_counter()
     reqs = requests.requests
     with tqdm(total=len(reqs), desc=f"search {spec.display}", unit="req", leave=False,
               disable=None if log.isEnabledFor(logging.INFO) else True) as bar:
         for batch in iter_batches(reqs, cfg.batch_size):
-            part = retriever.search(list(batch), cfg.depth)
+            part = retriever.search(list(batch), depth)
             for req in batch:
-                run[req] = list(part.results.get(req, []))[:cfg.depth]
+                run[req] = list(part.results.get(req, []))[:depth]
             bar.update(len(batch))
     search_s = time.perf_counter() - t0
     per_request, macro, micro = evaluate_run(run, requests, cfg.ks)
+    from bench.segments import label_requests, segment_metrics
+    if labels is None:
+        labels = label_requests(requests, view.clicks)
+    segments = segment_metrics(per_request, labels, cfg.ks)
     folder.mkdir(parents=True, exist_ok=True)
     qids = requests.qids
     run.save_trec(folder / "run.trec", qids=qids, tag=spec.display)
@@ -135,7 +143,7 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
     return RetrieverResult(label=spec.display, name=spec.name, params=get_params(retriever),
                            macro=macro, micro=micro, fit_seconds=fit_s, search_seconds=search_s,
                            folder=folder, started_at=started, ended_at=time.time(),
-                           fitted=fitted_attributes(retriever))
+                           fitted=fitted_attributes(retriever), segments=segments)
 
 
 def fitted_attributes(retriever: Any) -> dict[str, Any]:
@@ -205,11 +213,13 @@ def run_retrievers(cfg: ExperimentConfig, view, requests, folder: Path,
     """Every configured retriever in turn (outputs under ``folder/retrievers/<label>/``); one
     that fails is recorded with its error (``error.txt``) and the others still run.
     ``on_result(result)`` is called after each one (logging, printing)."""
+    from bench.segments import label_requests
+    labels = label_requests(requests, view.clicks)
     results = []
     for spec in cfg.retrievers:
         sub = folder / "retrievers" / spec.display
         try:
-            result = evaluate_retriever(spec, view, requests, cfg, sub)
+            result = evaluate_retriever(spec, view, requests, cfg, sub, labels=labels)
         except Exception as exc:  # one failing retriever must not lose the others' results
             log.error("retriever %s failed: %s", spec.display, exc)
             sub.mkdir(parents=True, exist_ok=True)

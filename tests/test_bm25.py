@@ -216,7 +216,7 @@ def test_fields_resolution_and_errors():
 def test_registered_with_params():
     ret = make_retriever("bm25", {"k1": 0.9, "stem": "english"})
     assert isinstance(ret, BM25Retriever)
-    assert get_params(ret) == {"fields": "all", "backend": "bm25s", "k1": 0.9, "b": 0.75,
+    assert get_params(ret) == {"fields": "all", "backend": "native", "k1": 0.9, "b": 0.75,
                                "stem": "english", "chinese": "jieba", "batch_size": 1024}
     assert describe_retriever(BM25Retriever).startswith("BM25")
 
@@ -243,3 +243,99 @@ def test_queries_field_uses_only_train_clicks():
         .search([Request("x", "birthday")], k=10).ids(Request("x", "birthday")) == ["s2"]
     both = BM25Retriever(fields="ocr_text,queries").fit(train)
     assert both.search([Request("x", "three")], k=3).ids(Request("x", "three")) == ["s2"]
+
+
+def _historical_queries_groupby(clicks, sticker_ids, sep=" "):
+    """The former implementation (pandas groupby + str.join per sticker), as the reference."""
+    c = clicks[["sticker_id", "query"]].copy()
+    if "ts" in clicks:
+        c = c.iloc[np.argsort(clicks["ts"].to_numpy(), kind="stable")]
+    c = c.dropna().astype({"sticker_id": str, "query": str})
+    c = c[c["query"].str.strip() != ""].drop_duplicates(["sticker_id", "query"])
+    joined = c.groupby("sticker_id", sort=False)["query"].agg(sep.join)
+    return joined.reindex(pd.Index(list(sticker_ids), dtype=object)).fillna("").tolist()
+
+
+@pytest.mark.parametrize("sep", [" ", " | ", "\x1e"])
+def test_historical_queries_numpy_grouping_equals_groupby(sep):
+    rng = np.random.default_rng(3)
+    words = ["cat", "dog", "good night", " ", "", "a\x1eb", "a\x1fb", "\x1d", "\x00x", None]
+    n = 400
+    clicks = pd.DataFrame({
+        "user_id": rng.integers(0, 9, n).astype(str),
+        "query": [words[i] for i in rng.integers(0, len(words), n)],
+        "sticker_id": [f"s{i}" if i < 30 else None for i in rng.integers(0, 32, n)],
+        "ts": rng.integers(0, 50, n)})          # many equal timestamps: stable order matters
+    ids = [f"s{i}" for i in range(35)]          # s30..s34 never clicked
+    got = historical_queries(clicks, ids, sep=sep)
+    assert got == _historical_queries_groupby(clicks, ids, sep=sep)
+    assert got[30:] == [""] * 5 and any(got)
+    no_ts = clicks.drop(columns=["ts"])
+    assert historical_queries(no_ts, ids, sep=sep) == _historical_queries_groupby(no_ts, ids, sep)
+
+
+# ------------------------------------------------------------ (f) the one BM25 core (native)
+
+def _random_texts(rng, n, ascii_only=False):
+    words = ["cat", "Cat", "dogs", "running", "the", "a_b", "x1", ":)", "!!!", "hi!", "(ok)",
+             "Straße", "ＡＢＣ", "中文测试", "😀👍🏽", "naïve", "и", "\t", "\x1c", "zq0sepx"]
+    if ascii_only:
+        words = [w for w in words if w.isascii()]
+    out = []
+    for _ in range(n):
+        m = int(rng.integers(0, 7))
+        out.append(None if m == 0 and rng.random() < 0.3 else
+                   " ".join(words[i] for i in rng.integers(0, len(words), m)))
+    return out
+
+
+@pytest.mark.parametrize("tok", [Tokenizer(), Tokenizer(stem="english", stopwords="english"),
+                                 Tokenizer(lowercase=False, chinese="char")], ids=repr)
+def test_tokenize_to_codes_equals_batch(tok):
+    from bench.text import tokenize_to_codes
+    rng = np.random.default_rng(0)
+    for ascii_only in (True, False):
+        texts = _random_texts(rng, 300, ascii_only) + [float("nan"), "", "the the"]
+        docs = tok.batch(texts)
+        codes, lengths, terms = tokenize_to_codes(tok, texts)
+        flat = [t for d in docs for t in d]
+        assert lengths.tolist() == [len(d) for d in docs]
+        assert np.asarray(terms, dtype=object)[codes].tolist() == flat
+        assert terms == list(dict.fromkeys(flat))       # first-occurrence order
+    # any callable works too (run per text)
+    codes, lengths, terms = tokenize_to_codes(str.split, ["a b a", "", "b c"])
+    assert [terms[c] for c in codes] == ["a", "b", "a", "b", "c"] and lengths.tolist() == [3, 0, 2]
+
+
+def test_ascii_fast_pattern_agrees_with_tokenizer_pattern():
+    import random
+
+    from bench.text import _ascii_pattern, _patterns
+    rnd = random.Random(0)
+    alphabet = "aZ1_ !?.:;)(-'\"\t\n\x0b\x1c\x1f@#$%^&*~`"
+    for _ in range(5000):
+        s = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 14)))
+        assert _ascii_pattern().findall(s) == _patterns()[0].findall(s), repr(s)
+
+
+def test_native_backend_equals_bm25s_ranks_and_scores():
+    rng = np.random.default_rng(5)
+    words = [f"w{i}" for i in range(80)]
+    p = 1.0 / np.arange(1, 81)
+    p /= p.sum()
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 9), p=p)) for _ in range(600)]
+    queries = list(dict.fromkeys(" ".join(rng.choice(words, size=rng.integers(1, 4), p=p))
+                                 for _ in range(150))) + ["zzz", "w1 w1"]
+    train = make_train(texts)
+    reqs = [Request("u", q) for q in queries]
+    for k1, b in ((1.2, 0.75), (0.5, 1.0)):
+        nat = BM25Retriever(fields="ocr_text", k1=k1, b=b).fit(train)
+        ref = BM25Retriever(fields="ocr_text", backend="bm25s", k1=k1, b=b).fit(train)
+        assert nat.backend == "native" and nat.vocab_ == ref.vocab_
+        assert np.array_equal(nat.doc_rows_, ref.doc_rows_)
+        np.testing.assert_allclose(nat.index_.toarray(), ref.index_.toarray(), rtol=1e-6)
+        run_n, run_r = nat.search(reqs, 25), ref.search(reqs, 25)
+        for r in reqs:
+            assert run_n.ids(r) == run_r.ids(r), r.query
+            np.testing.assert_allclose([s for _, s in run_n[r]], [s for _, s in run_r[r]],
+                                       rtol=1e-6)

@@ -32,12 +32,16 @@ def shared_data(*parts: str) -> Path:
 # ---------------------------------------------------------------------------------- registry
 
 def test_registry_lists_builders_and_params():
-    assert list(list_builders()) == ["synthetic", "emoji-styles", "sticker-queries", "persrv-csv"]
+    assert list(list_builders()) == ["synthetic", "emoji-styles", "sticker-queries", "persrv-csv",
+                                     "u-sticker"]
     assert "no source needed" in list_builders()["synthetic"]
     params = builder_params("synthetic")
     assert params["n_stickers"] == 1000 and params["images"] is True
     assert params["n_users"] == 0 and "style_concentration" in params  # simulator knobs
     assert "n_users" not in builder_params("persrv-csv")  # real users
+    assert "n_users" not in builder_params("u-sticker")
+    assert builder_params("u-sticker")["query_from"] == "reply-then-previous"
+    assert builder_params("emoji-styles")["labels"] == ""
 
 
 def test_unknown_builder_param_and_bad_value(tmp_path):
@@ -196,6 +200,28 @@ def test_emoji_styles_builds_one_sticker_per_emoji_and_style(emoji_folder, tmp_p
     queries = set(ds.interactions["query"])
     assert queries <= {"grinning face", "face", "grin", "happy", "joy", "crying face", "cry",
                        "sad", "tear", "tears", "red heart", "heart", "love", "like"}
+
+
+def test_emoji_styles_content_field_and_held_out_queries(emoji_folder, tmp_path):
+    """Label + tags are the content field; queries are only words outside it (issue 14.5)."""
+    sim = {**SMALL_SIM, "multi_click_prob": 0.0}
+    ds = build_dataset("emoji-styles", emoji_folder, tmp_path / "out", sim)
+    st = ds.stickers.set_index("sticker_id")
+    assert ds.text_columns == ["description"] and ds.meta["content_field"] == "description"
+    assert st.loc["1F600:noto", "description"] == "grinning face; face, grin, happy"
+    assert st.loc["1F622:noto", "gt_queries"] == "tears"  # "sad"/"Sad" are tags already
+    assert set(ds.interactions["query"]) <= {"joy", "tears", "like"}
+    for q, sid in zip(ds.interactions["query"], ds.interactions["sticker_id"]):
+        content = st.loc[sid, "description"].replace("; ", ", ").split(", ")
+        assert q.casefold() not in {c.casefold() for c in content}
+    everything = build_dataset("emoji-styles", emoji_folder, tmp_path / "all",
+                               {**sim, "query_words": "all", "content": "none"})
+    assert everything.text_columns == [] and "grinning face" in \
+        everything.stickers.set_index("sticker_id").loc["1F600:noto", "gt_queries"]
+    with pytest.raises(ConfigError, match="query_words = 'some'"):
+        build_dataset("emoji-styles", emoji_folder, tmp_path / "x", {"query_words": "some"})
+    with pytest.raises(ConfigError, match="content = 'gt_x'"):
+        build_dataset("emoji-styles", emoji_folder, tmp_path / "x", {"content": "gt_x"})
 
 
 def test_emoji_styles_keep_missing_and_options(emoji_folder, tmp_path):
@@ -386,6 +412,17 @@ def test_real_emoji_styles(tmp_path):
     assert ds.meta["build_stats"]["missing_images"] == 0
     assert load_dataset(tmp_path / "emoji").fingerprint == ds.fingerprint
     _check_simulated_splits(ds)
+    # content = label + CLDR tags; every emoji but one (a single tag, no other keyword) has
+    # query words outside it: held-out emojilib keywords, or (72 emoji) half of its tags
+    assert ds.text_columns == ["description"] and ds.name == "emoji-styles"
+    stats = ds.meta["build_stats"]
+    assert (stats["emoji_with_held_out_tags"], stats["emoji_without_held_out_words"]) == (72, 1)
+    st = ds.stickers.set_index("sticker_id")
+    it = ds.interactions  # the drawn click of a group is the first of its (user, query) run
+    first = it[(it["user_id"] != it["user_id"].shift()) | (it["query"] != it["query"].shift())]
+    for q, sid in zip(first["query"], first["sticker_id"]):
+        assert q.casefold() not in {c.casefold() for c in
+                                    st.loc[sid, "description"].replace("; ", ", ").split(", ")}
 
 
 def test_real_sticker_queries(tmp_path):

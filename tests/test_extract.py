@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import ValidationError
 
 from bench.data.format import write_dataset
-from bench.features import ocr as ocr_mod
+from bench.features import ocr_tesseract as ocr_mod
 from bench.features.cache import FeatureCache
 from bench.features.encoders import StyleStatsEncoder, embed_stickers, make_encoder
 from bench.features.extract import (FeaturesConfig, attach_features, descriptions_key,
@@ -85,7 +85,8 @@ def test_attach_features_then_cache_hit(tmp_path, monkeypatch):
     ds = make_dataset(tmp_path / "ds")
     cache = FeatureCache(tmp_path / "cache")
     count = Counter(monkeypatch)
-    cfg = FeaturesConfig(ocr={"psm": 6}, encoder="style-stats", workers=2)
+    cfg = FeaturesConfig(ocr={"engine": "tesseract", "psm": 6}, encoder="style-stats",
+                         workers=2)
     stickers, emb, report = attach_features(ds, cfg, cache, progress=False)
     assert stickers["sticker_id"].tolist() == ds.stickers["sticker_id"].tolist()
     cers = [character_error_rate(t, c)
@@ -114,7 +115,8 @@ def test_attach_features_then_cache_hit(tmp_path, monkeypatch):
 def test_interrupted_ocr_resumes(tmp_path, monkeypatch):
     ds = make_dataset(tmp_path / "ds")
     cache = FeatureCache(tmp_path / "cache")
-    cfg = FeaturesConfig(ocr={"batch": 2, "workers": 1, "flatten": "white"}, encoder=None)
+    cfg = FeaturesConfig(ocr={"engine": "tesseract", "batch": 2, "workers": 1,
+                              "flatten": "white"}, encoder=None)
     with monkeypatch.context() as m:
         Counter(m, fail_on_call=2)
         with pytest.raises(KeyboardInterrupt):

@@ -89,14 +89,15 @@ CHILD = textwrap.dedent("""
         embed_stickers(ds.stickers, ds.root, make_encoder("style-stats"), cache, ds.fingerprint,
                        workers=1, chunk_size=10, progress=False)
     else:
-        from bench.features import ocr
+        from bench.features import ocr_tesseract
         from bench.features.ocr import OcrConfig, ocr_stickers
-        real = ocr._run_tesseract
+        real = ocr_tesseract._run_tesseract
         def slow(*a):
             time.sleep(0.1)
             return real(*a)
-        ocr._run_tesseract = slow
-        ocr_stickers(ds, OcrConfig(batch=4, workers=1, flatten="white"), cache, progress=False)
+        ocr_tesseract._run_tesseract = slow
+        ocr_stickers(ds, OcrConfig(engine="tesseract", batch=4, workers=1, flatten="white"),
+                     cache, progress=False)
     print("finished", flush=True)
 """)
 
@@ -174,7 +175,7 @@ def test_kill_9_during_embedding_then_rerun_computes_only_the_missing(tmp_path, 
 @pytest.mark.skipif(not __import__("bench.features.ocr", fromlist=["x"]).tesseract_available(),
                     reason="tesseract not installed")
 def test_kill_9_during_ocr_then_rerun_computes_only_the_missing(tmp_path, monkeypatch):
-    from bench.features import ocr as ocr_mod
+    from bench.features import ocr_tesseract as ocr_mod
     from bench.features.ocr import OcrConfig, ocr_stickers
     ds = _image_dataset(tmp_path / "ds", 40, captions=True)
     cache = FeatureCache(tmp_path / "cache")
@@ -191,7 +192,7 @@ def test_kill_9_during_ocr_then_rerun_computes_only_the_missing(tmp_path, monkey
         return real(list_file, config, n)
 
     monkeypatch.setattr(ocr_mod, "_run_tesseract", counting)
-    cfg = OcrConfig(batch=4, workers=1, flatten="white")
+    cfg = OcrConfig(engine="tesseract", batch=4, workers=1, flatten="white")
     resumed = ocr_stickers(ds, cfg, cache, progress=False)
     assert resumed.attrs["computed"] == sum(read) == 40 - n_kept
     clean = ocr_stickers(ds, cfg, None, progress=False)

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from bench.features import ocr as ocr_mod
+from bench.features import ocr_tesseract
 from bench.features.cache import FeatureCache
 from bench.features.images import (count_reasons, flatten, image_problem, load_image,
                                    load_image_checked, load_rgba)
@@ -173,15 +174,15 @@ def test_ocr_stickers_missing_counted_and_cached(tmp_path, images, monkeypatch, 
     names = ["cap0", "cap1", "cap2", "webm", "garbage", "empty", "truncated"]
     ds = _dataset(tmp_path, images, names)
     calls = []
-    real = ocr_mod._run_tesseract
+    real = ocr_tesseract._run_tesseract
 
     def counting(list_file, config, n):
         calls.append(n)
         return real(list_file, config, n)
 
-    monkeypatch.setattr(ocr_mod, "_run_tesseract", counting)
+    monkeypatch.setattr(ocr_tesseract, "_run_tesseract", counting)
     cache = FeatureCache(tmp_path / "cache")
-    cfg = OcrConfig(workers=2)
+    cfg = OcrConfig(engine="tesseract", workers=2)
     with caplog.at_level("WARNING"):
         res = ocr_stickers(ds, cfg, cache, progress=False)
     assert res["sticker_id"].tolist() == names + ["ghost"]
@@ -230,7 +231,7 @@ def test_chinese_captions(tmp_path):
 
 @needs_tesseract
 def test_failed_batch_is_retried_one_by_one(images, monkeypatch, caplog):
-    real = ocr_mod._run_tesseract
+    real = ocr_tesseract._run_tesseract
     calls = []
 
     def flaky(list_file, config, n):
@@ -239,7 +240,7 @@ def test_failed_batch_is_retried_one_by_one(images, monkeypatch, caplog):
             raise RuntimeError("tesseract exited with 1: simulated")
         return real(list_file, config, n)
 
-    monkeypatch.setattr(ocr_mod, "_run_tesseract", flaky)
+    monkeypatch.setattr(ocr_tesseract, "_run_tesseract", flaky)
     res = ocr_images([images["cap0"], images["cap1"], images["empty"]], OcrConfig(workers=1))
     assert calls == [2, 1, 1] and "retrying one by one" in caplog.text
     assert [character_error_rate(r[0], c) for r, c in zip(res[:2], CAPTIONS)] == [0.0, 0.0]

@@ -9,12 +9,14 @@ from click.testing import CliRunner
 
 from bench.cli import cli
 from bench.perf import MemorySampler, StageClock, timed_methods
-from bench.perf_naive import _is_top_k_of, okapi_idf, under_okapi_formula
+from bench.perf.references import _is_top_k_of, agreement, okapi_idf, under_okapi_formula
+from bench.perf.workloads import build_workload, zipf_words
 from tests.conftest import make_tiny_frames
 
 STAGES = ("index", "utility", "clusters", "recall", "rerank", "results", "metrics")
 
 
+@pytest.mark.slow
 def test_perf_command_small(tmp_path, isolated_cache):
     out = tmp_path / "perf"
     res = CliRunner().invoke(cli, [
@@ -24,11 +26,21 @@ def test_perf_command_small(tmp_path, isolated_cache):
     assert res.exit_code == 0, res.output
     result = json.loads((out / "perf.json").read_text(encoding="utf-8"))
     for key in ("config", "machine", "load_start", "load_end", "dataset", "retrievers",
-                "pipeline", "rank_bm25", "naive", "sweep", "help", "targets", "scaling",
-                "process_peak_rss_mb"):
+                "pipeline", "rank_bm25", "peers", "naive", "sweep", "help", "targets",
+                "scaling", "process_peak_rss_mb"):
         assert key in result, key
-    assert result["dataset"]["stickers"] == 3000
-    assert 0 < result["dataset"]["requests"] <= 200
+    shape = result["dataset"]
+    assert shape["stickers"] == 3000 and shape["workload"] == "zipf"
+    assert 0 < shape["requests"] <= 200
+    # distinct test queries: counted on the requests run, printed, split by words per query
+    ds = build_workload("zipf", 3000, 0)  # the cached build
+    from bench.data.splits import split_interactions
+    reqs = split_interactions(ds.interactions).requests("test").requests[:200]
+    assert shape["distinct_queries"] == len({r.query for r in reqs}) > 10
+    assert f"{shape['distinct_queries']:,} distinct test queries" in res.output
+    assert sum(shape["query_words"].values()) == shape["distinct_queries"]
+    assert set(shape["query_words"]) <= {"1", "2", "3"}
+    assert 0 < shape["with_ocr_text"] < 3000 and shape["topics"] == 60
 
     recs = result["retrievers"]
     assert list(recs)[:2] == ["bm25", "persrv"]
@@ -60,7 +72,19 @@ def test_perf_command_small(tmp_path, isolated_cache):
     assert 0 < result["help"]["median_s"] < 10
     targets = result["targets"]
     assert set(targets) == {"pipeline_s", "peak_rss_gb", "rank_bm25_speedup",
-                            "rank_bm25_identical", "sweep_trial_s", "help_s"}
+                            "rank_bm25_identical", "sweep_trial_s", "help_s", "bm25_fastest"}
+    peers = result["peers"]["peers"]
+    assert set(peers) == {"bm25s-numba", "tantivy"}
+    for name, p in peers.items():
+        assert "error" not in p, (name, p)
+        assert p["index_s"] > 0 and p["search_s"] > 0 and p["ratio"] > 0
+        assert p["agreement"]["queries"] == shape["distinct_queries"]
+    # same formula (bm25s) or nearly (tantivy's lossy norms) on the same tokens: the top k
+    # differ only where ties at the k-th score are broken in another order
+    assert peers["bm25s-numba"]["agreement"]["mean_overlap_at_k"] > 0.9
+    assert peers["tantivy"]["agreement"]["mean_overlap_at_k"] > 0.9
+    assert targets["bm25_fastest"]["measured"] == pytest.approx(min(
+        [rb["speedup_end_to_end"]] + [p["ratio"] for p in peers.values()]))
     assert targets["rank_bm25_identical"]["met"] is True
     assert all(t["paper_scale"] is False for t in targets.values())
 
@@ -71,6 +95,57 @@ def test_perf_command_small(tmp_path, isolated_cache):
     md = (out / "perf.md").read_text(encoding="utf-8")
     assert "## Targets" in md and "## Scaling" in md and "extrapolated" in md
     assert "| persrv |" in md and "load average" in md
+    assert "| tantivy |" in md and "| bm25s-numba |" in md and "Workload **zipf**" in md
+    assert (out / "perf.md").read_text(encoding="utf-8") in res.output
+
+
+@pytest.mark.slow
+def test_perf_concepts_workload_and_compare(tmp_path, isolated_cache):
+    """--workload concepts measures the synthetic builder's dataset; --compare OLD.json adds
+    before/after per stage."""
+    args = ["perf", "--workload", "concepts", "--size", "2000", "--requests", "150",
+            "--naive-sample", "0", "--rank-bm25-sample", "0", "--no-peers", "--no-sweep",
+            "--scaling", "none", "--retrievers", "bm25,persrv", "--no-tracking"]
+    first = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    old = json.loads((tmp_path / "a" / "perf.json").read_text(encoding="utf-8"))
+    shape = old["dataset"]
+    assert shape["workload"] == "concepts" and shape["name"] == "synthetic-en-2000"
+    assert 0 < shape["distinct_queries"] <= 46 * 6  # 46 concepts, ~5 query phrases each
+    assert f"{shape['distinct_queries']:,} distinct test queries" in first.output
+    assert list(old["retrievers"]) == ["bm25", "persrv"]
+    assert all(t["paper_scale"] is False for t in old["targets"].values())
+    second = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "b"), "--compare",
+                                             str(tmp_path / "a" / "perf.json")])
+    assert second.exit_code == 0, second.output
+    md = (tmp_path / "b" / "perf.md").read_text(encoding="utf-8")
+    assert "## Before / after per stage" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| persrv |") and "→" in ln)
+    assert row.count("→") == 8 and "(same)" in row  # 7 stages + end to end; same M-MRR
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    res = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "c"), "--compare", str(bad)])
+    assert res.exit_code != 0 and "not a perf.json" in str(res.exception or res.output)
+
+
+def test_zipf_workload_is_seeded_and_diverse(isolated_cache):
+    words = zipf_words(5000, 0)
+    assert len(set(words.tolist())) == 5000 and all(w.isalpha() for w in words[:50])
+    a = build_workload("zipf", 2000, 0)
+    b = build_workload("zipf", 2000, 0)  # from the cache
+    assert a.root == b.root and a.fingerprint == b.fingerprint
+    assert a.meta["builder_params"]["n_words"] == 50_000
+    st = a.stickers
+    assert st["ocr_text"].notna().mean() == pytest.approx(0.6, abs=0.05)
+    assert st["gt_topic"].nunique() == 40 and len(st["embedding"].iloc[0]) == 32
+    q = a.interactions["query"]
+    assert q.nunique() > 100 and q.str.split().str.len().between(1, 3).all()
+
+
+def test_agreement_overlap_at_k():
+    ag = agreement([["a", "b"], [], ["x"]], [["b", "a"], [], ["y", "z"]])
+    assert ag == {"queries": 3, "mean_overlap_at_k": pytest.approx((1 + 1 + 0) / 3),
+                  "identical": 1}
 
 
 def test_okapi_rescale_gives_rank_bm25_scores():

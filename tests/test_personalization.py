@@ -178,7 +178,7 @@ def test_rerank_hand_example_both_modes():
     assert ids.shape == (3, 4) and ids[1].tolist() == [0, 1, 2, 3]
 
 
-def slow_rerank(pool_ids, pool_scores, users, emb, clusters, w, mode, k):
+def slow_rerank(pool_ids, pool_scores, users, emb, clusters, w, mode, k, never_lower=False):
     out_ids, out_sc = [], []
     for i in range(len(users)):
         entries = []
@@ -196,7 +196,7 @@ def slow_rerank(pool_ids, pool_scores, users, emb, clusters, w, mode, k):
                         cand = s * (1 + w * cos) if mode == "multiply" else s + w * cos
                         best = cand if best is None else max(best, cand)
                 if best is not None:
-                    new = best
+                    new = max(best, new) if never_lower else best
             entries.append((-new, p, sid))
         entries.sort()
         top = entries[:k]
@@ -254,3 +254,32 @@ def test_rerank_rejects_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         rerank(np.zeros((1, 1), np.int32), np.ones((1, 1)), np.array([0]), emb, clusters,
                mode="max")
+
+
+@pytest.mark.parametrize("mode", ["multiply", "sum"])
+@pytest.mark.parametrize("weight", [0.3, -0.8])
+def test_never_lower_rerank_only_raises_and_equals_slow_reference(mode, weight, monkeypatch):
+    """never_lower keeps max(score, best); top-k over scored entries only, identical to a loop."""
+    import bench.persrv.rerank as rr
+    rng = np.random.default_rng(3)
+    n_st, d, P, nq, k = 200, 4, 30, 20, 6
+    emb = rng.normal(size=(n_st, d)).astype(np.float32)
+    users = [f"u{i % 5}" for i in range(150)]
+    clusters = fit_user_clusters(users, rng.integers(0, n_st, 150), emb,
+                                 ClusterConfig(n_clusters=3, min_radius=0.5))
+    pool_ids = np.stack([rng.choice(n_st, P, replace=False) for _ in range(nq)]).astype(np.int32)
+    pool_sc = np.sort(rng.gamma(2.0, 1.0, (nq, P)).astype(np.float32), axis=1)[:, ::-1].copy()
+    req = clusters.user_index([f"u{i % 6}" for i in range(nq)])
+    monkeypatch.setattr(rr, "STAGE_ONE", 2)
+    ids, sc = rerank(pool_ids, pool_sc, req, emb, clusters, weight=weight, mode=mode, k=k,
+                     never_lower=True)
+    want_ids, want_sc = slow_rerank(pool_ids, pool_sc, req, emb, clusters, weight, mode, k,
+                                    never_lower=True)
+    assert ids.tolist() == want_ids.tolist()
+    assert np.allclose(sc, want_sc, rtol=1e-5)
+    # every returned score is at least the sticker's recall score
+    recall = {(i, int(s)): float(v) for i in range(nq) for s, v in zip(pool_ids[i], pool_sc[i])}
+    assert all(sc[i, j] >= recall[(i, int(ids[i, j]))] - 1e-6 for i in range(nq) for j in range(k))
+    plain, _ = rerank(pool_ids, pool_sc, req, emb, clusters, weight=weight, mode=mode, k=k)
+    if weight < 0:  # a negative weight lowers covered stickers unless never_lower
+        assert plain.tolist() != ids.tolist()

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baselines.persrv import (PerSRV, PerSRVBM25, PerSRVNoOCR, PerSRVNoPersonalization,
-                              PerSRVNoUtility)
+from baselines.persrv import PerSRV
+from baselines.persrv_variants import (PerSRVBM25, PerSRVNoOCR, PerSRVNoPersonalization,
+                                       PerSRVNoUtility)
 from bench.errors import ConfigError
 from bench.retrieval import Request, TrainView
 from bench.registry import describe_retriever, get_params, make_retriever

@@ -12,8 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bench.metrics import aggregate, per_request
-from bench.report import (ReportError, RunNotFoundError, bootstrap_ci, compare_folders,
-                          fetch_run, holm, load_folder, paired_test, report_folder)
+from bench.report.build import compare_folders, report_folder
+from bench.report.fetch import fetch_run
+from bench.report.folder import load_folder
+from bench.report.names import ReportError, RunNotFoundError
+from bench.report.stats import bootstrap_ci, holm, paired_test
 
 KS = (1, 5, 10, 20)
 STYLES = ("flat", "line", "3d")
@@ -362,7 +365,8 @@ def test_cli_report_from_run_id_logs_to_parent(mlflow_store, tmp_path, monkeypat
     assert f"logged to MLflow run {pid}" in res.output
     assert (tmp_path / "f" / pid / "report" / "report.md").is_file()
     logged = {a.path for a in mlflow_store["client"].list_artifacts(pid, "report")}
-    assert {"report/report.md", "report/summary.tex", "report/m_mrr_curves.png"} <= logged
+    assert {"report/report.md", "report/summary.tex", "report/m_mrr_curves.png",
+            "report/report.html"} <= logged
 
 
 def test_cli_report_on_folder_logs_to_its_parent_run(mlflow_store, run_folder, tmp_path):
@@ -382,3 +386,204 @@ def test_cli_report_on_folder_logs_to_its_parent_run(mlflow_store, run_folder, t
     res = CliRunner().invoke(cli, ["report", str(folder)])
     assert res.exit_code == 0 and "report not logged" in res.output
     assert not (tmp_path / "gone.db").exists()
+
+
+# ------------------------------------------------------------------------------------ (f) scipy
+
+def test_stats_agree_with_scipy_on_the_same_data():
+    """Our CI and tests are scipy's: same data -> the same numbers as calling scipy directly, and
+    the permutation test equals an exact enumeration of all 2^n sign flips by hand."""
+    from itertools import product
+
+    from scipy import stats
+    rng = np.random.default_rng(4)
+    x = rng.beta(0.7, 2.0, (60, 2))
+    ref = stats.bootstrap((x[:, 0],), np.mean, n_resamples=300, method="percentile",
+                          rng=np.random.default_rng(11)).confidence_interval
+    assert bootstrap_ci(x[:, 0], n_boot=300, seed=11) == pytest.approx((ref.low, ref.high))
+    low, high = bootstrap_ci(x, n_boot=300, seed=11)  # columns share resamples: column 0 equal
+    assert (low[0], high[0]) == pytest.approx((ref.low, ref.high))
+    bca = stats.bootstrap((x[:, 1],), np.mean, n_resamples=300, method="BCa",
+                          rng=np.random.default_rng(2)).confidence_interval
+    assert bootstrap_ci(x[:, 1], 300, 2, method="BCa") == pytest.approx((bca.low, bca.high))
+
+    a, b = rng.random(10), rng.random(10) + 0.2  # 2^10 flips < n_perm: exact
+    d = b - a
+    flips = np.array(list(product((1.0, -1.0), repeat=10)))
+    by_hand = np.mean(np.abs(flips @ d) / 10 >= abs(d.mean()) - 1e-12)
+    p = paired_test(a, b, "permutation", n_perm=5000, seed=0)
+    assert p == pytest.approx(by_hand)
+    two_sided = stats.permutation_test((a, b), lambda u, v, axis: np.mean(v - u, axis=axis),
+                                       permutation_type="samples", vectorized=True,
+                                       n_resamples=5000).pvalue  # scipy's paired form
+    assert p == pytest.approx(two_sided)
+    a, b = rng.random(300), rng.random(300)
+    assert paired_test(a, b, "t-test") == pytest.approx(stats.ttest_rel(b, a).pvalue)
+
+
+# ------------------------------------------------------------------------------------ (g) tables
+
+def _results(**macro_extra):
+    from types import SimpleNamespace
+    out = []
+    for i, (label, err) in enumerate((("bm25", None), ("persrv", None), ("persrv-no-ocr", None),
+                                      ("broken", "boom"))):
+        macro = {} if err else {f"{m}_at_{k}": 0.1 * (i + 1) + 0.01 * j
+                                for m in ("m_mrr", "mrr", "recall", "ndcg")
+                                for j, k in enumerate((1, 20))}
+        if not err:
+            macro.update({key: v * (i + 1) for key, v in macro_extra.items()})
+        out.append(SimpleNamespace(label=label, macro=macro, fit_seconds=1.234,
+                                   search_seconds=0.5, error=err))
+    return out
+
+
+def test_results_table_and_format_table():
+    from bench.report.tables import format_table, results_table
+    table = results_table(_results(), [1, 20])
+    assert list(table.columns[:3]) == ["retriever", "m_mrr_at_1", "m_mrr_at_20"]
+    assert list(table["status"]) == ["ok", "ok", "ok", "failed"]
+    assert table.loc[0, "fit_s"] == 1.23 and np.isnan(table.loc[3, "m_mrr_at_1"])
+    md = format_table(table, [1, 20]).splitlines()
+    assert md[0] == ("| retriever | m_mrr_at_1 | m_mrr_at_20 | mrr_at_20 | recall_at_20 | "
+                     "ndcg_at_20 | fit s | search s | Δ m_mrr_at_20 vs persrv |")
+    assert md[2] == "| bm25 | 0.1000 | 0.1100 | 0.1100 | 0.1100 | 0.1100 | 1.2 | 0.5 | |"
+    assert md[4] == ("| persrv-no-ocr | 0.3000 | 0.3100 | 0.3100 | 0.3100 | 0.3100 | 1.2 | 0.5 "
+                     "| +0.1000 |")
+    assert md[5].startswith("| broken | failed | failed |")
+    md = format_table(table, [1, 20], show_k=(20,))
+    assert md.splitlines()[0].startswith("| retriever | m_mrr_at_20 | mrr_at_20 |")
+
+
+def test_segment_columns_and_format_segment_table():
+    from bench.report.tables import format_segment_table, format_table, results_table
+    table = results_table(_results(m_mrr_at_20__refind=0.5, n__refind=40,
+                                   m_mrr_at_20__cold_user=0.1, n__cold_user=7), [1, 20])
+    assert list(table.columns[-4:]) == ["m_mrr_at_20__refind", "n__refind",
+                                        "m_mrr_at_20__cold_user", "n__cold_user"]
+    plain = results_table(_results(), [1, 20])
+    assert format_table(table, [1, 20]) == format_table(plain, [1, 20])  # extras left out
+    table["n__refind"] = 40  # the same requests for every retriever
+    table["n__cold_user"] = [7, 7, 7, np.nan]
+    md = format_segment_table(table, "m_mrr", 20).splitlines()
+    assert md[0] == "| retriever | refind (n=40) | cold_user (n=7) |"  # DESIGN order, no gaps
+    assert md[2] == "| bm25 | 0.5000 | 0.1000 |"
+    assert md[4] == "| persrv-no-ocr | **1.5000** | **0.3000** |"
+    assert md[5] == "| broken | failed | failed |"
+    assert format_segment_table(plain, "m_mrr", 20) == ""
+    assert format_segment_table(table, "mrr", 20) == ""
+
+
+# ------------------------------------------------------------------------------------ (h) plots
+
+QUICKSTART = ["random", "popularity", "bm25", "bm25-rank-bm25", "dense-text", "persrv-bm25",
+              "persrv-no-personalization", "persrv-no-utility", "persrv-no-ocr",
+              "persrv-no-queries", "persrv", "query-lookup"]
+
+
+def test_style_for_gives_every_retriever_its_own_look():
+    from bench.report.plots import linewidth_for, style_for
+    styles = style_for(QUICKSTART)
+    assert len(styles) == 12
+    assert len({(c, str(ls)) for c, ls, _ in styles.values()}) == 12  # no shared colour + style
+    assert style_for(list(reversed(QUICKSTART))) == styles  # the label set decides, not order
+    greys = {styles[lb][0] for lb in ("bm25", "random", "popularity", "dense-text")}
+    assert all(c[1:3] == c[3:5] == c[5:7] for c in greys)  # baselines: grey tones
+    assert all(styles[lb][1] != "-" for lb in ("bm25", "random", "query-lookup"))  # dashed
+    blues = [styles[lb][0] for lb in QUICKSTART if lb.startswith("persrv")]
+    assert all(int(c[5:7], 16) > int(c[1:3], 16) for c in blues)  # one hue: blue dominates
+    assert styles["persrv"][1] == "-"
+    assert linewidth_for("persrv") > max(linewidth_for(lb) for lb in QUICKSTART if lb != "persrv")
+    many = style_for([f"persrv-v{i}" for i in range(40)] + [f"other{i}" for i in range(40)]
+                     + [f"dense-{i}" for i in range(40)])
+    assert len({(c, str(ls)) for c, ls, _ in many.values()}) == 120
+
+
+def test_a_retriever_keeps_its_style_across_plots(monkeypatch, tmp_path):
+    """The runner's plot (from the results table) and the report's curves draw each label with
+    the same colour, line style and marker; the legend sits outside the axes."""
+    from bench.report import plots
+    figures = []
+
+    def keep(fig, path):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    ks = [1, 5, 10, 20]
+    table = pd.DataFrame([{"retriever": lb, "status": "failed" if lb == "dense-text" else "ok",
+                           **{f"m_mrr_at_{k}": 0.01 * i * k for k in ks}}
+                          for i, lb in enumerate(QUICKSTART)])
+    plots.plot_m_mrr(table, ks, tmp_path / "a.png")
+    summary = pd.DataFrame([{"retriever": lb, "metric": f"m_mrr_at_{k}", "mean": 0.02 * i,
+                             "ci_low": 0.0, "ci_high": 0.05 * i}
+                            for i, lb in enumerate(QUICKSTART[::-1]) for k in ks
+                            if lb != "dense-text"])
+    plots.plot_curves(summary, [lb for lb in QUICKSTART if lb != "dense-text"], ks,
+                      tmp_path / "b.png", plots.style_for(QUICKSTART))
+    looks = []
+    for fig in figures:
+        ax = fig.axes[0]
+        looks.append({ln.get_label(): (ln.get_color(), ln.get_linestyle(), ln.get_marker(),
+                                       ln.get_linewidth()) for ln in ax.get_lines()})
+        fig.canvas.draw()
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+        assert "k" in ax.get_xlabel() and "M-MRR@k" in ax.get_ylabel()
+    assert len(looks[0]) == 11 and looks[0] == looks[1]
+    assert looks[0]["persrv"][0] == plots.style_for(QUICKSTART)["persrv"][0]
+
+
+# ------------------------------------------------------------------------------------ (i) html, segments
+
+def _add_segment_columns(folder: Path) -> pd.DataFrame:
+    segs = pd.read_parquet(folder / "segments.parquet")
+    rng = np.random.default_rng(7)
+    segs["query_segment"] = np.where(rng.random(len(segs)) < 0.6, "seen_query", "unseen_query")
+    segs["history_segment"] = np.where(segs["history_clicks"] == 0, "discover",
+                                       np.where(rng.random(len(segs)) < 0.5, "refind", "discover"))
+    segs["cold_user"] = segs["history_clicks"] == 0
+    segs.to_parquet(folder / "segments.parquet", index=False)
+    return segs
+
+
+def test_report_html_is_self_contained(run_folder, tmp_path):
+    written = report_folder(run_folder, out=tmp_path / "h", n_boot=100)
+    page = written["report.html"].read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert page.count('<img src="data:image/png;base64,') == 3  # curves, ablation, clusters
+    assert 'src="m_mrr_curves.png"' not in page
+    for label in RETRIEVERS:
+        assert f"<td>{label}" in page
+    import base64
+    start = page.index("base64,") + len("base64,")
+    png = base64.b64decode(page[start:page.index('"', start)])
+    assert png == written["m_mrr_curves.png"].read_bytes()
+    assert "Segments (DESIGN" not in written["report.md"].read_text()  # no segment columns
+
+
+def test_report_shows_design_segments_when_present(run_folder, tmp_path):
+    import shutil
+    folder = tmp_path / "seg"
+    shutil.copytree(run_folder, folder)
+    segs = _add_segment_columns(folder)
+    written = report_folder(folder, out=tmp_path / "seg-rep", n_boot=100)
+    seg = pd.read_csv(written["segments.csv"])
+    assert {"query_segment", "history_segment", "cold_user"} <= set(seg["dimension"])
+    one = seg[(seg["retriever"] == "persrv") & (seg["dimension"] == "cold_user")]
+    assert list(one["group"]) == ["cold_user", "warm_user"]
+    n_seen = int((segs["query_segment"] == "seen_query").sum())
+    n_cold = int(segs["cold_user"].sum())
+    md = written["report.md"].read_text()
+    n_refind = int((segs["history_segment"] == "refind").sum())
+    header = (f"| retriever | seen_query (n={n_seen}) | unseen_query (n={len(segs) - n_seen}) | "
+              f"refind (n={n_refind}) | discover (n={len(segs) - n_refind}) | "
+              f"cold_user (n={n_cold}) |")
+    assert header in md
+    pr = pd.read_parquet(folder / "retrievers" / "persrv" / "per_request.parquet")
+    refind = pr[pr["qid"].isin(segs.loc[segs["history_segment"] == "refind", "qid"])]
+    by_hand = refind.groupby("user_id")["m_mrr_at_20"].mean().mean()
+    section = md[md.index("### Segments (DESIGN §6): M-MRR@20"):].split("\n\n")[1].splitlines()
+    assert section[0] == header
+    cells = next(ln for ln in section if ln.startswith("| persrv |")).split("|")
+    assert cells[4].strip().strip("*") == f"{by_hand:.4f}"  # refind: 4th column
+    assert "### By query segment" in md and "### By cold user" in md

@@ -185,3 +185,39 @@ def test_user_chunks_and_fresh_query_lists(monkeypatch):
     assert clicks["user_id"].nunique() == 9
     topic = clicks["sticker_id"].str.split("-").str[0]
     assert all(q.startswith(t + " ") for q, t in zip(clicks["query"], topic))
+
+
+def quickstart_clicks(seed: int = 0):
+    """The quickstart's users (experiments/quickstart.yaml: 1,000 synthetic stickers, 300
+    simulated users) without rendering images."""
+    from bench.data.synthetic import synthetic_stickers, vocabulary
+    stickers, _ = synthetic_stickers(1000, "en", 6, seed)
+    vocab = vocabulary("en")
+    queries = dict(zip(stickers["sticker_id"], (vocab[c][1] for c in stickers["gt_topic"])))
+    cfg = simulator_config({"n_users": 300}, seed=seed, group_col="gt_style", topic_col="gt_topic")
+    return simulate_clicks(stickers, queries, cfg), cfg
+
+
+def test_heldout_queries_are_recovered_from_the_clicks():
+    from bench.data.simulate import heldout_queries_of
+    clicks, cfg = quickstart_clicks()
+    used = set(clicks.attrs["heldout_queries"]) & set(clicks["query"])
+    found = heldout_queries_of(clicks, cfg.to_dict())
+    # every used held-out string, plus open strings that happen to occur only in tail groups
+    assert used <= found and len(found - used) <= 3
+    assert heldout_queries_of(clicks, None) == frozenset()
+    assert heldout_queries_of(clicks, {**cfg.to_dict(), "heldout_query_fraction": 0}) == frozenset()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unseen_query_share_of_test_equals_validation_on_quickstart(seed):
+    from bench.data.simulate import heldout_queries_of
+    from bench.data.splits import check_no_leak
+    clicks, cfg = quickstart_clicks(seed)
+    splits = split_interactions(clicks, heldout_queries=heldout_queries_of(clicks, cfg.to_dict()))
+    report = splits.report
+    val, test = report["validation_unseen_query_share"], report["test_unseen_query_share"]
+    assert abs(val - test) <= 0.05, report
+    assert test >= 0.12 and report["test_requests"] == 300  # unseen-query requests exist in test
+    assert check_no_leak(splits, "test").empty and check_no_leak(splits, "validation").empty
+    assert not set(splits.history_for("test")["query"]) & splits.heldout_queries

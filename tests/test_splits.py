@@ -152,3 +152,84 @@ def test_no_leakage(seed):
     # each test request is one click-group: one user, one query
     for split in (sp.validation, sp.test):
         assert (split.groupby("user_id")["query"].nunique() == 1).all()
+
+
+# ------------------------------------------------------------ global_time, reports, leak checks
+
+def test_global_time_one_cutoff_for_everyone():
+    from bench.data.splits import SplitConfig
+    # sessions start at 1..10 (user a: 1-5, user b: 6-10); 20% test, 20% validation
+    rows = [("a", t, f"q{t}", f"s{t}") for t in range(1, 6)] + \
+           [("b", t, f"q{t}", f"s{t}") for t in range(6, 11)]
+    sp = split_interactions(frame(rows), SplitConfig(mode="global_time", val_fraction=0.2,
+                                                     test_fraction=0.2))
+    assert sorted(sp.test["ts"]) == [9, 10] and sorted(sp.validation["ts"]) == [7, 8]
+    assert sp.train["ts"].max() < sp.validation["ts"].min() <= sp.validation["ts"].max() \
+        < sp.test["ts"].min()
+    assert sp.report["cutoff_test_ts"] == 9 and sp.report["cutoff_validation_ts"] == 7
+    assert sp.report["cold_test_users"] == 0 and sp.report["sessions_cut_by_cutoff"] == 0
+    late = split_interactions(frame(rows + [("c", 11, "x", "s1")]),
+                              SplitConfig(mode="global_time", val_fraction=0.0,
+                                          test_fraction=0.1))
+    assert late.validation.empty and late.report["cold_test_users"] == 1
+
+
+def test_global_time_no_leak_on_random_clicks():
+    from bench.data.splits import SplitConfig, check_no_leak
+    sp = split_interactions(random_clicks(3), SplitConfig(mode="global_time"))
+    for target in ("validation", "test"):
+        assert len(getattr(sp, target)) > 0
+        assert check_no_leak(sp, target).empty
+    assert sp.history_for("test")["ts"].max() < sp.test["ts"].min()
+
+
+def test_split_config_rejects_unknown_mode_and_bad_fractions():
+    from bench.data.splits import SplitConfig
+    from bench.errors import ConfigError
+    with pytest.raises(ConfigError, match="split.mode"):
+        SplitConfig(mode="random")
+    with pytest.raises(ConfigError, match="test_fraction"):
+        SplitConfig(mode="global_time", test_fraction=0.6, val_fraction=0.5)
+
+
+def test_users_with_too_few_groups_are_counted_and_warned(caplog):
+    with caplog.at_level("WARNING"):
+        sp = split_interactions(frame(ROWS))
+    assert sp.report["users_too_few_groups"] == 1  # b: two groups, train-only
+    assert sp.report["clicks_of_users_too_few_groups"] == 2
+    assert sp.report["min_groups_needed"] == 3
+    assert "1 users have fewer than 3 click-groups" in caplog.text
+    report = sp.split_report()
+    assert report["train_clicks"] == 6 and report["test_requests"] == 2
+
+
+def test_heldout_queries_never_in_history():
+    # a: hi | cat | dog | hi ; "dog" and "cat" held out: cat (train) is dropped, dog (validation)
+    # stays a validation request but is not history for the test run
+    sp = split_interactions(frame(ROWS), heldout_queries={"dog", "cat"})
+    assert "cat" not in set(sp.train["query"])
+    assert set(sp.validation["query"]) == {"dog", "q"}
+    assert "dog" not in set(sp.history_for("test")["query"])
+    assert sp.report["heldout_clicks_dropped_from_train"] == 1
+    assert sp.report["heldout_validation_clicks_kept_out_of_test_history"] == 2
+    assert sp.report["validation_unseen_query_share"] == 1.0  # dog and q unseen in train
+
+
+def test_planted_leak_is_caught():
+    import dataclasses
+
+    from bench.data.splits import SplitLeakError, check_no_leak
+    sp = split_interactions(frame(ROWS), heldout_queries={"r"})  # c's test query
+    assert check_no_leak(sp, "test").empty and check_no_leak(sp, "validation").empty
+    # copy the test query into the validation run's history (train), by another user, earlier
+    leak = frame([("b", 0, "r", "s3")])
+    planted = dataclasses.replace(sp, train=pd.concat([sp.train, leak], ignore_index=True))
+    found = check_no_leak(planted, "test")
+    assert found.to_dict("records") == [{"user_id": "c", "query": "r",
+                                         "reason": "heldout_query_in_history"}]
+    with pytest.raises(SplitLeakError, match="1 test request.*'c'.*'r'"):
+        check_no_leak(planted, "test", strict=True)
+    # a test click copied verbatim into the history, and a user's own later click in history
+    same = dataclasses.replace(sp, validation=pd.concat([sp.validation, sp.test.iloc[:1]]))
+    assert set(check_no_leak(same, "test")["reason"]) == {"same_click_in_history",
+                                                          "history_after_request"}

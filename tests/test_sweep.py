@@ -3,6 +3,7 @@ trials, resume, fit-once, grid, and no leakage of the test split into tuning."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import subprocess
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pg import slow_trials_env
 
 from bench.config import validate_config
 from bench.errors import ConfigError
-from bench.sweep_space import parse_space
-from pg import slow_trials_env
+from bench.sweep import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,7 @@ def test_space_errors_name_the_key(raw, expected):
 
 def test_space_files_in_the_repository_are_valid():
     from bench.registry import get_retriever_class, param_specs
-    from bench.sweep_space import load_space
+    from bench.sweep import load_space
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
         space = load_space(path)
         space.check_names("persrv", param_specs(get_retriever_class("persrv")))
@@ -451,3 +452,233 @@ def test_two_local_workers_share_a_journal(tiny_dataset, tmp_path, isolated_cach
     assert sorted(trials["tags.optuna.trial_number"].astype(int)) == list(range(7))
     assert set(trials["tags.mlflow.parentRunId"]) == {study["run_id"].iloc[0]}
     assert len(runs[runs["tags.persrv.kind"] == "best-on-test"]) == 1
+
+
+# ------------------------------------------------------- dead workers, storage errors, dashboard
+
+def _dead_worker() -> dict:
+    """The identity a killed local worker left behind: a real process, started, then killed."""
+    import psutil
+
+    from bench.sweep.liveness import worker_identity
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = psutil.Process(proc.pid).create_time()
+    proc.kill()
+    proc.wait()
+    assert not psutil.pid_exists(proc.pid)
+    return {**worker_identity(), "pid": proc.pid, "started": started}
+
+
+def _journal_study(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    return optuna.create_study(storage=storage, study_name="s", direction="maximize"), storage
+
+
+def test_worker_alive_checks_pid_start_time_and_host():
+    import os
+
+    from bench.sweep.liveness import worker_alive, worker_identity
+    me = worker_identity()
+    assert worker_alive(me) is True
+    assert worker_alive({**me, "started": me["started"] - 3600}) is False  # a reused pid
+    assert worker_alive(_dead_worker()) is False
+    assert worker_alive({**me, "host": "another-machine"}) is None
+    assert worker_alive(None) is None and worker_alive({"pid": "x"}) is None
+    assert me["pid"] == os.getpid()
+
+
+def test_killed_local_worker_trial_is_failed_at_once(tiny_dataset, tmp_path, isolated_cache):
+    """A RUNNING trial of a dead local worker (fresh heartbeat) is failed by the next worker at
+    start, gets a FAILED child run, and that worker writes the study's outputs."""
+    import time
+
+    from bench.tracking.schema import ATTR_HEARTBEAT, ATTR_WORKER
+    study, _ = _journal_study(tmp_path)
+    trial = study.ask()
+    trial.set_user_attr(ATTR_WORKER, _dead_worker())
+    trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+    cfg = _cfg(tiny_dataset, tmp_path)
+    result, lines = _sweep(cfg, tmp_path, n_trials=3, final_test=False)
+    assert result.ran == 2 and result.states == {"FAIL": 1, "COMPLETE": 2}
+    assert result.finalized
+    assert any(line.startswith("trial 0: abandoned") and "no longer running" in line
+               for line in lines), lines
+    folder = tmp_path / "out" / "sweep-s"
+    assert (folder / "trials.csv").is_file() and (folder / "best.json").is_file()
+    assert (folder / "plots" / "optimization_history.png").is_file()
+    assert "abandoned" in study.trials[0].user_attrs["error"]
+    runs = _runs(cfg)
+    trials = runs[runs["tags.persrv.kind"] == "trial"]
+    failed = trials[trials["tags.optuna.trial_number"] == "0"]
+    assert len(trials) == 3 and len(failed) == 1
+    assert failed["status"].iloc[0] == "FAILED"
+    assert "no longer running" in failed["tags.error"].iloc[0]
+
+
+def test_last_trial_of_a_killed_worker_lets_the_next_worker_write_the_outputs(
+        tiny_dataset, tmp_path, isolated_cache):
+    """Another host's trial with a fresh heartbeat is left alone (no outputs yet); once its
+    worker is known dead, the next worker to start fails it and writes the outputs, also over a
+    finalisation claim that a dead worker left."""
+    import time
+
+    from bench.tracking.schema import ATTR_BEST_ON_TEST, ATTR_HEARTBEAT, ATTR_WORKER
+    study, storage = _journal_study(tmp_path)
+    trial = study.ask()
+    trial.set_user_attr(ATTR_WORKER, {**_dead_worker(), "host": "another-machine"})
+    trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+    cfg = _cfg(tiny_dataset, tmp_path, tracking={"enabled": False})
+    first, lines = _sweep(cfg, tmp_path, n_trials=2, final_test=False)
+    assert first.ran == 1 and first.states == {"RUNNING": 1, "COMPLETE": 1}
+    assert not first.finalized and any("1 trial(s) still running" in line for line in lines)
+    folder = tmp_path / "out" / "sweep-s"
+    assert not (folder / "trials.csv").exists()
+    # the other worker turns out to be a local one that was killed, mid-finalisation elsewhere
+    storage.set_trial_user_attr(trial._trial_id, ATTR_WORKER, _dead_worker())
+    study.set_user_attr(ATTR_BEST_ON_TEST, {"state": "claimed", "worker": _dead_worker(),
+                                            "at": time.time()})
+    second, lines = _sweep(cfg, tmp_path, n_trials=2, final_test=False)
+    assert second.ran == 0 and second.states == {"FAIL": 1, "COMPLETE": 1}
+    assert second.finalized and (folder / "trials.csv").is_file()
+    best = __import__("json").loads((folder / "best.json").read_text())
+    assert best["best_trial"] == 1 and best["best_value"] == pytest.approx(second.best_value)
+    assert study.user_attrs[ATTR_BEST_ON_TEST]["state"] == "done"
+
+
+def _unreachable_postgres() -> tuple[str, int]:
+    from pg import free_port
+    port = free_port()  # nothing listens there
+    return f"postgresql://alice:s3cret@127.0.0.1:{port}/optuna", port
+
+
+def test_unreachable_postgres_storage_is_one_line():
+    import time
+
+    from bench.sweep import StorageError, StorageHandle
+    url, port = _unreachable_postgres()
+    t0 = time.perf_counter()
+    with pytest.raises(StorageError) as info:
+        StorageHandle(url).open()
+    msg = str(info.value)
+    assert time.perf_counter() - t0 < 15
+    assert msg.startswith(f"--storage postgresql://***@127.0.0.1:{port}/optuna: cannot open")
+    assert "s3cret" not in msg and "alice" not in msg and "\n" not in msg
+
+
+def test_cli_unreachable_postgres_storage(tiny_dataset, tmp_path, capsys):
+    from bench.cli import main
+    cfg = {"name": "tiny-pg", "dataset": {"path": str(tiny_dataset)},
+           "retrievers": [{"name": "persrv"}], "features": {"ocr": False},
+           "output_dir": str(tmp_path / "out"), "report": False}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    url, port = _unreachable_postgres()
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", str(tmp_path / "space.yaml"), "--experiment", str(tmp_path / "exp.yaml"),
+              "--n-trials", "1", "--no-tracking", "--storage", url])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"postgresql://***@127.0.0.1:{port}/optuna" in err and "s3cret" not in err
+
+
+def _dashboard_binary() -> str | None:
+    import shutil
+    local = Path(sys.executable).parent / "optuna-dashboard"
+    return str(local) if local.is_file() else shutil.which("optuna-dashboard")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_optuna_dashboard_serves_the_study_storage(tmp_path, kind):
+    """``optuna-dashboard <storage> --port P --host 127.0.0.1`` answers 200 on / and lists the
+    study (the README's command on the harness's default journal and on an SQLite store)."""
+    import json
+    import time
+    import urllib.request
+
+    import optuna
+    from pg import free_port
+
+    binary = _dashboard_binary()
+    if binary is None:
+        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard)")
+    from bench.sweep import StorageHandle
+    spec = str(tmp_path / "optuna-journal.log") if kind == "journal" else \
+        f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=StorageHandle(spec).open(), study_name="dash",
+                                direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    port = free_port()
+    proc = subprocess.Popen([binary, spec, "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status, deadline = None, time.monotonic() + 60
+        while status != 200 and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    status = resp.status
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
+        api = f"http://127.0.0.1:{port}/api/studies"
+        with urllib.request.urlopen(api, timeout=5) as resp:
+            studies = json.loads(resp.read())["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["dash"]
+        assert studies[0]["directions"] == ["maximize"]
+        with urllib.request.urlopen(f"{api}/{studies[0]['study_id']}", timeout=10) as resp:
+            detail = json.loads(resp.read())
+        assert [t["number"] for t in detail["trials"]] == [0, 1, 2]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_worker_mid_trial_next_worker_finishes_at_once(tiny_dataset, tmp_path,
+                                                                isolated_cache):
+    """A real worker killed with SIGKILL during its first trial: the next worker, started at
+    once (not 600 s later), fails that trial, runs the rest and writes the study's outputs."""
+    import signal
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    cfg = {"name": "tiny-kill", "dataset": {"path": str(tiny_dataset)},
+           "retrievers": [{"name": "persrv"}], "features": {"ocr": False},
+           "output_dir": str(tmp_path / "out"), "report": False}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    journal = tmp_path / "journal.log"
+    cmd = [sys.executable, "-m", "bench", "-q", "sweep", str(tmp_path / "space.yaml"),
+           "--experiment", str(tmp_path / "exp.yaml"), "--n-trials", "3", "--study-name", "k",
+           "--storage", str(journal), "--no-tracking", "--no-final-test"]
+    slow = subprocess.Popen(cmd, cwd=tmp_path, env=slow_trials_env(tmp_path / "site", 120, REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    running = []
+    while not running and time.monotonic() < deadline and slow.poll() is None:
+        time.sleep(0.5)
+        if journal.is_file():
+            with contextlib.suppress(Exception):
+                study = optuna.load_study(study_name="k", storage=JournalStorage(
+                    JournalFileBackend(str(journal))))
+                running = [t for t in study.trials if t.state.name == "RUNNING"
+                           and "persrv.worker" in t.user_attrs]
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    assert running, "the first worker never started a trial"
+    out = subprocess.run(cmd, cwd=tmp_path, env=slow_trials_env(tmp_path / "fast", 0, REPO),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "trial 0: abandoned by its worker" in out.stdout and "no longer running" in out.stdout
+    assert "this worker ran 2" in out.stdout
+    folder = tmp_path / "out" / "sweep-k"
+    assert (folder / "trials.csv").is_file() and (folder / "best.json").is_file()

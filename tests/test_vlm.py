@@ -116,18 +116,22 @@ def _train_steps(module, batch, steps):
 # ------------------------------------------------------------------------------------ data
 
 
-def test_pairs_from_train_and_validation_clicks(vlm_dataset):
+def test_pairs_come_from_the_train_side_of_the_split_only(vlm_dataset):
     processor = build_tiny_processor()
     dm = StickerQueryDataModule(vlm_dataset, processor, batch_size=4, seed=3)
     dm.setup("fit")
-    # train groups g=0,1 of each user; the broken sticker's click (ts 0) is in train but skipped
-    assert dm.stats["train_pairs"] == 16 and dm.stats["val_pairs"] == 8
+    # per user: broken (ts 0), g0, g1 train; g2 validation; g3 test. The VLM fits on the train
+    # groups but the last (g0; the broken sticker's click is skipped) and stops early on g1.
+    assert dm.stats["train_pairs"] == 8 and dm.stats["val_pairs"] == 8
+    assert dm.stats["excluded_validation_clicks"] == 8 and dm.stats["excluded_test_clicks"] == 8
     assert dm.stats["skipped_stickers"] == 1 and dm.stats["skipped_reasons"] == {"unreadable": 1}
     assert "broken" not in set(dm.train_pairs["sticker_id"])
     assert not dm.train_pairs.duplicated().any()
-    # validation = group 2 of each user: colour (u + 2) % 4 with its first query
-    expected_val = {(f"{list(COLORS)[(u + 2) % 4]}-{s}", QUERIES[list(COLORS)[(u + 2) % 4]][0])
+    expected_fit = {(f"{list(COLORS)[u % 4]}-{s}", QUERIES[list(COLORS)[u % 4]][0])
                     for u in range(4) for s in SHAPES}
+    expected_val = {(f"{list(COLORS)[(u + 1) % 4]}-{s}", QUERIES[list(COLORS)[(u + 1) % 4]][1])
+                    for u in range(4) for s in SHAPES}
+    assert set(map(tuple, dm.train_pairs[["sticker_id", "query"]].to_numpy())) == expected_fit
     assert set(map(tuple, dm.val_pairs[["sticker_id", "query"]].to_numpy())) == expected_val
     clicks = pd.DataFrame({"sticker_id": ["a", "a", "b"], "query": ["x", "x", "y"]})
     assert query_pairs(clicks, 0).equals(query_pairs(clicks, 0))
@@ -314,7 +318,7 @@ def test_train_vlm_logs_mlflow_run_with_loss_history_and_adapter(vlm_dataset, tm
     assert [m.step for m in history] == list(range(cfg.trainer.max_steps))
     assert "val_loss" in run.data.metrics and "best_val_loss" in run.data.metrics
     assert run.data.params["config.lora.r"] == "8"
-    assert run.data.params["data.train_pairs"] == "16"
+    assert run.data.params["data.train_pairs"] == "8"
     assert run.data.tags["dataset_fingerprint"] == result["data"]["dataset_fingerprint"]
     artifacts = {a.path for a in client.list_artifacts(result["run_id"], "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= artifacts
@@ -388,7 +392,7 @@ def test_ddp_two_cpu_processes_train_an_epoch(vlm_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Starting with 2 processes" in proc.stderr + proc.stdout
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert result["global_step"] == 6  # 16 pairs / 2 ranks / batch 4 = 2 steps per epoch
+    assert result["global_step"] == 6  # 8 pairs / 2 ranks / batch 4 = 1 step x 6 epochs
     assert (Path(result["adapter_dir"]) / "adapter_model.safetensors").is_file()
     from mlflow.tracking import MlflowClient
     run = MlflowClient(uri).get_run(result["run_id"])
@@ -448,3 +452,56 @@ def test_describe_fills_the_cache_that_run_uses(vlm_dataset, tmp_path):
     query = text.split()[0]
     hits = [s for s, _ in full.search([Request("u", query)], 20)[Request("u", query)]]
     assert sid in hits
+
+
+# --------------------------------------------------------------------- the experiment's split
+
+
+def test_vlm_uses_the_experiments_split_and_never_sees_validation_or_test_pairs(tmp_path):
+    """split.test_groups=2 (taken from the experiment YAML): no test or validation pair reaches
+    the VLM's fitting or early-stopping pairs; with the default split some of them would."""
+    from bench.data.format import load_dataset, write_dataset
+    from bench.data.splits import SplitConfig, split_interactions
+    from bench.vlm.config import load_vlm_config
+    root = tmp_path / "ds"
+    make_vlm_dataset(root)
+    ds = load_dataset(root, on_invalid="skip")
+    ids = [s for s in ds.stickers["sticker_id"] if s not in ("broken", "noimg")]
+    clicks = [{"user_id": f"u{u}", "query": f"q{u}-{g}", "sticker_id": ids[(u + g) % len(ids)],
+               "ts": g} for u in range(4) for g in range(6)]  # one unique pair per click-group
+    write_dataset(root, ds.stickers, pd.DataFrame(clicks), {"name": "vlm-split", "source": "test",
+                                                           "license": "CC0"})
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"dataset: {{path: {root}}}\nsplit: {{test_groups: 2}}\n"
+                   "retrievers: [{name: bm25}]\n")
+    cfg = load_vlm_config(TINY_CONFIG, benchmark_config=exp)
+    assert cfg.split.test_groups == 2 and Path(cfg.dataset) == root.resolve()
+
+    def vlm_pairs(split):
+        dm = StickerQueryDataModule(cfg.dataset, build_tiny_processor(), split=split)
+        dm.setup("fit")
+        return {tuple(p) for f in (dm.train_pairs, dm.val_pairs)
+                for p in f[["sticker_id", "query"]].to_numpy()}, dm
+
+    splits = split_interactions(pd.DataFrame(clicks), SplitConfig(test_groups=2))
+    held_out = {tuple(p) for f in (splits.test, splits.validation)
+                for p in f[["sticker_id", "query"]].to_numpy()}
+    assert len(held_out) == 12  # 4 users x (2 test + 1 validation) groups
+    used, dm = vlm_pairs(cfg.split)
+    assert used and not used & held_out
+    assert dm.stats["split"]["test_groups"] == 2 and dm.stats["excluded_test_clicks"] == 8
+    assert len(used) == 12 and dm.stats["val_pairs"] == 4  # groups 0-1 fit, group 2 stops early
+    default_used, _ = vlm_pairs(None)
+    assert default_used & held_out  # the default split would train on the 2nd-to-last group
+
+    # an adapter trained under another split of this dataset is refused by describe
+    from bench.errors import ConfigError
+    from bench.vlm.describe import check_adapter_split
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    fingerprint = load_dataset(root, on_invalid="skip").fingerprint
+    (adapter / "persrv_vlm.json").write_text(json.dumps(
+        {"dataset_fingerprint": fingerprint, "split": dm.stats["split"]}))
+    check_adapter_split(adapter, fingerprint, cfg.split)  # same split: fine
+    with pytest.raises(ConfigError, match="split"):
+        check_adapter_split(adapter, fingerprint, {"test_groups": 1})

@@ -45,6 +45,7 @@ class LazyGroup(click.Group):
                  "evaluate": "bench.cli.evaluate_cmd:evaluate",
                  "train-vlm": "bench.cli.vlm_cmds:train_vlm",
                  "describe": "bench.cli.vlm_cmds:describe",
+                 "vlm-bench": "bench.cli.vlm_bench_cmd:vlm_bench",
                  "sweep": "bench.cli.sweep_cmd:sweep",
                  "perf": "bench.cli.perf_cmd:perf",
                  "report": "bench.cli.report_cmd:report",

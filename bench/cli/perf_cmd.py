@@ -28,8 +28,13 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 
 
 @click.command("perf")
+@click.option("--workload", type=click.Choice(["zipf", "concepts"]), default="zipf",
+              show_default=True,
+              help="zipf: Zipfian 50,000-word vocabulary, 1-3 word queries, thousands of "
+                   "distinct test queries (the targets are judged on it); concepts: the "
+                   "46-concept synthetic vocabulary.")
 @click.option("--size", type=click.IntRange(min=100), default=543_098, show_default=True,
-              help="Stickers in the synthetic text-only dataset (built once, then cached).")
+              help="Stickers in the workload's text-only dataset (built once, then cached).")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=12_568,
               show_default=True, help="Most test requests (the first ones).")
 @click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,
@@ -48,6 +53,8 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--scaling", default="10000,100000,543098,1000000", show_default=True,
               callback=_sizes, help="Corpus sizes of the scaling curve (bm25 + persrv, one "
                                     "process each); 'none' skips.")
+@click.option("--no-peers", is_flag=True,
+              help="Skip the fast references (bm25s numba, tantivy) on every request.")
 @click.option("--no-sweep", is_flag=True, help="Skip the sweep-trial measurement.")
 @click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False),
               default=None, help="Measure an existing dataset directory instead (--size is "
@@ -56,17 +63,21 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Requests per search call (the runner's default).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: persrv-runs/perf-<timestamp>).")
+@click.option("--compare", "compare", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="An earlier perf.json: the report adds before/after per stage.")
 @click.option("--profile", is_flag=True,
               help="cProfile the retrievers and write profile.txt into --out.")
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
-def perf(size: int, n_requests: int, k: int, pool: int, seed: int,
+def perf(workload: str, size: int, n_requests: int, k: int, pool: int, seed: int,
          retrievers: tuple[str, ...] | None, rank_bm25_sample: int, naive_sample: int,
-         scaling: tuple[int, ...], no_sweep: bool, dataset_dir: str | None, batch_size: int,
-         out: str | None, profile: bool, tracking_uri: str | None, no_tracking: bool) -> None:
+         scaling: tuple[int, ...], no_peers: bool, no_sweep: bool, dataset_dir: str | None,
+         batch_size: int, out: str | None, compare: str | None, profile: bool,
+         tracking_uri: str | None, no_tracking: bool) -> None:
     """Time every stage of BM25, PerSRV and its ablations at paper scale; peak memory;
-    rank-bm25 and a naive loop as references; one sweep trial; --help; a scaling curve.
+    rank-bm25, bm25s (numba), tantivy and a naive loop as references; one sweep trial;
+    --help; a scaling curve.
 
     Writes perf.json, perf.md (and scaling.png) into --out and logs them to MLflow
     (experiment "perf"). Each target is marked met or missed.
@@ -80,11 +91,12 @@ def perf(size: int, n_requests: int, k: int, pool: int, seed: int,
     if uri:
         check_reachable(uri)  # before any expensive work
     cfg = PerfConfig(size=size, requests=n_requests, k=k, pool=pool, seed=seed,
-                     retrievers=retrievers, rank_bm25_sample=rank_bm25_sample,
-                     naive_sample=naive_sample, scaling=scaling, sweep_trial=not no_sweep,
+                     workload=workload, retrievers=retrievers,
+                     rank_bm25_sample=rank_bm25_sample, naive_sample=naive_sample,
+                     peers=not no_peers, scaling=scaling, sweep_trial=not no_sweep,
                      dataset_dir=dataset_dir, batch_size=batch_size)
     folder = Path(out) if out else Path("persrv-runs") / f"perf-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_perf(cfg, folder, echo=click.echo, profile=profile)
+    result = run_perf(cfg, folder, echo=click.echo, profile=profile, compare=compare)
     click.echo("")
     click.echo((folder / "perf.md").read_text(encoding="utf-8"))
     if uri:

@@ -31,8 +31,9 @@ def report(sources: tuple[str, ...], baseline: str | None, out: str | None,
     latest benchmark run). Several sources also get one cross-experiment comparison table."""
     import time
 
-    from bench.report import (RunNotFoundError, compare_folders, fetch_run, read_parent_run,
-                              report_folder)
+    from bench.report.build import compare_folders, report_folder
+    from bench.report.fetch import fetch_run, read_parent_run
+    from bench.report.names import RunNotFoundError
 
     folders: list[tuple[Path, str | None, str | None]] = []  # (folder, parent run id, uri)
     for source in sources:

@@ -50,8 +50,7 @@ def sweep(space: str, experiment: str, n_trials: int | None, storage: str | None
     share the study, its N-trial budget and one MLflow study run with a child run per trial.
     """
     from bench.config import load_config
-    from bench.sweep import run_sweep
-    from bench.sweep_space import load_space
+    from bench.sweep import load_space, run_sweep
     cfg = load_config(experiment, list(overrides))
     if no_tracking:
         cfg.tracking.enabled = False

@@ -29,6 +29,10 @@ _common = [
     click.argument("config", type=click.Path(dir_okay=False)),
     click.option("--dataset", "dataset", type=click.Path(file_okay=False), default=None,
                  help="Canonical dataset directory (overrides the config's `dataset`)."),
+    click.option("--benchmark-config", "benchmark_config", type=click.Path(dir_okay=False),
+                 default=None,
+                 help="Experiment YAML whose split: (and dataset, if none is set) the VLM uses, so "
+                      "the adapter never sees the clicks its sweeps or final test score."),
     click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
                  help="Override a config value, e.g. -o trainer.lr=1e-4."),
     click.option("--devices", default=None, help="Trainer devices: auto, N, -1 or ids 0,1."),
@@ -51,14 +55,16 @@ def _with_common(fn):
 @click.option("--output-dir", default=None, help="Checkpoints and adapter folder.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if last.ckpt exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def train_vlm(config: str, dataset: str | None, overrides: tuple[str, ...], devices: str | None,
-              tracking_uri: str | None, strategy: str | None, max_steps: int | None,
+def train_vlm(config: str, dataset: str | None, benchmark_config: str | None,
+              overrides: tuple[str, ...], devices: str | None, tracking_uri: str | None, strategy: str | None, max_steps: int | None,
               output_dir: str | None, no_resume: bool, as_json: bool) -> None:
     """Fine-tune a LoRA adapter of the LLaVA model in CONFIG on sticker -> query pairs from the
-    train clicks; validation loss on the validation clicks; adapter logged to MLflow."""
+    train side of the split (early stopping on each user's last train click-group; validation and
+    test clicks are never used); adapter logged to MLflow."""
     from bench.vlm.config import load_vlm_config
     from bench.vlm.train import train_vlm as run_training
-    cfg = load_vlm_config(config, list(overrides), dataset=dataset)
+    cfg = load_vlm_config(config, list(overrides), dataset=dataset,
+                          benchmark_config=benchmark_config)
     if tracking_uri:
         cfg.tracking_uri = tracking_uri
     if max_steps is not None:
@@ -97,7 +103,8 @@ def train_vlm(config: str, dataset: str | None, overrides: tuple[str, ...], devi
 @click.option("--show", type=click.IntRange(min=0), default=10, help="Print the first N rows.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the descriptions to this parquet/csv file.")
-def describe(config: str, dataset: str | None, overrides: tuple[str, ...], devices: str | None,
+def describe(config: str, dataset: str | None, benchmark_config: str | None,
+             overrides: tuple[str, ...], devices: str | None,
              tracking_uri: str | None, adapter: str | None, batch_size: int | None,
              max_new_tokens: int | None, limit: int | None, cache_dir: str | None, show: int,
              out_path: str | None) -> None:
@@ -107,7 +114,8 @@ def describe(config: str, dataset: str | None, overrides: tuple[str, ...], devic
     from bench.features.cache import FeatureCache
     from bench.vlm.describe import describe_stickers
     from bench.vlm.config import load_vlm_config
-    cfg = load_vlm_config(config, list(overrides), dataset=dataset)
+    cfg = load_vlm_config(config, list(overrides), dataset=dataset,
+                          benchmark_config=benchmark_config)
     if not cfg.dataset:
         raise ConfigError("no dataset: set `dataset:` in the config or pass --dataset DIR")
     d = cfg.describe
@@ -119,7 +127,7 @@ def describe(config: str, dataset: str | None, overrides: tuple[str, ...], devic
         cache=FeatureCache(cache_dir or d.cache_dir),
         devices=d.devices if n_devices is None else n_devices,
         accelerator=d.accelerator, precision=d.precision, limit=limit, chunk_size=d.chunk_size,
-        tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats)
+        tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats, split=cfg.split)
     from bench.vlm.dist import env_rank
     if env_rank() != 0:
         return

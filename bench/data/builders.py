@@ -20,19 +20,23 @@ from bench.data.persrv_csv import build_persrv_csv
 from bench.data.simulate import SimulatorConfig
 from bench.data.sticker_queries import build_sticker_queries
 from bench.data.synthetic import build_synthetic
+from bench.data.u_sticker import build_u_sticker
 from bench.errors import ConfigError
 
 BUILDERS: dict[str, tuple[str, Callable[..., Dataset]]] = {
     "synthetic": ("seeded synthetic stickers (drawn characters, styles, captions) with "
                   "simulated users; no source needed", build_synthetic),
-    "emoji-styles": ("1,607 emoji x 4 openly licensed styles, CLDR/emojilib words, simulated "
-                     "users; source = the emoji-styles folder", build_emoji_styles),
+    "emoji-styles": ("1,607 emoji x 4 openly licensed styles, label + CLDR tags as content, "
+                     "held-out emojilib words as queries, simulated users; source = the "
+                     "emoji-styles folder (labels=CSV: another language)", build_emoji_styles),
     "sticker-queries": ("StickerQueries human-written queries (text only unless images=DIR), "
                         "simulated users; source = the release CSV", build_sticker_queries),
     "persrv-csv": ("PerSRV reference format with real users; source = interactions CSV "
                    "(uid,query,docid), stickers=PATH.jsonl", build_persrv_csv),
+    "u-sticker": ("U-Sticker real users' sticker uses in conversations (query = replied-to or "
+                  "preceding text); source = the folder of 1.json..67.json", build_u_sticker),
 }
-NEEDS_SOURCE = {"emoji-styles", "sticker-queries", "persrv-csv"}
+NEEDS_SOURCE = {"emoji-styles", "sticker-queries", "persrv-csv", "u-sticker"}
 #: simulator defaults a builder changes (synthetic: n_users 0 = scaled with the corpus)
 SIM_DEFAULTS = {"synthetic": {"n_users": 0}}
 _TRUE, _FALSE = {"1", "true", "yes", "on", "y"}, {"0", "false", "no", "off", "n"}

@@ -8,7 +8,8 @@ then a query drawn from that item's real human-written queries. Some groups hold
 different items of the same topic (relevant sets > 1); some repeat an earlier (query, sticker) of
 the same user. A fraction of the distinct query strings is *held out*: used only in a user's last
 ``heldout_tail_groups`` groups (validation/test), never in the history, so test queries are partly
-unseen. Everything is numpy over whole user chunks; the only Python loops are over distinct
+unseen; :func:`heldout_queries_of` recovers them from a built dataset's clicks, so splits can
+keep them out of every history. Everything is numpy over whole user chunks; the only Python loops are over distinct
 query lists and a few fix-up rounds.
 """
 
@@ -249,18 +250,37 @@ class _Chunk:
         pos = _pick(c.item_cum, c.cell_lo[cell], c.cell_hi[cell], rng.random(len(users)))
         return c.item[pos]
 
-    def queries_for(self, items: np.ndarray, tail: np.ndarray) -> tuple[np.ndarray, int]:
-        """Flat query index per click-group; history groups avoid held-out queries."""
+    def queries_for(self, items: np.ndarray, tail: np.ndarray, stratum: np.ndarray | None = None,
+                    keep_held: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Flat query index per click-group; history groups avoid held-out queries.
+
+        ``stratum`` (tail groups: position from the timeline's end, else -1): the uniforms of
+        each stratum are stratified (one per 1/m interval, randomly assigned), so the share of
+        held-out queries at each tail position (validation, test) is nearly equal, not a coin
+        flip per group. ``keep_held`` (a redraw): True/False keeps a tail group on the held-out /
+        open part of the new item's queries when it has one, so redraws do not shift the shares."""
         c = self.c
         use_open = ~tail & (c.q_open[items] > 0)
-        n = np.where(use_open, c.q_open[items], c.q_all[items])
-        q = c.q_start[items] + (self.rng.random(len(items)) * n).astype(np.int64)
+        lo = np.zeros(len(items), np.int64)
+        if keep_held is not None:
+            n_held = c.q_all[items] - c.q_open[items]
+            use_open |= tail & ~keep_held & (c.q_open[items] > 0)
+            to_held = tail & keep_held & (n_held > 0)
+            lo = np.where(to_held, c.q_open[items], 0)
+        n = np.where(use_open, c.q_open[items], c.q_all[items]) - lo
+        r = self.rng.random(len(items))
+        if stratum is not None:
+            for s in np.unique(stratum[stratum >= 0]):
+                rows = np.flatnonzero(stratum == s)
+                r[rows] = (self.rng.permutation(len(rows)) + r[rows]) / len(rows)
+        q = c.q_start[items] + lo + np.minimum(r * n, n - 1).astype(np.int64)
         return q, int((~tail & (c.q_open[items] == 0)).sum())
 
-    def draw(self, users: np.ndarray, tail: np.ndarray):
+    def draw(self, users: np.ndarray, tail: np.ndarray, stratum: np.ndarray | None = None,
+             keep_held: np.ndarray | None = None):
         topics = self.topics_for(users)
         items = self.items_for(users, topics)
-        q, fallback = self.queries_for(items, tail)
+        q, fallback = self.queries_for(items, tail, stratum, keep_held)
         return topics, items, q, fallback
 
 
@@ -313,8 +333,9 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
     user = np.repeat(np.arange(n), n_groups)
     user_first = np.repeat(np.cumsum(n_groups) - n_groups, n_groups)
     pos = np.arange(len(user)) - user_first
-    tail = pos >= np.repeat(n_groups, n_groups) - cfg.heldout_tail_groups
-    topic, item, q, fallback = ch.draw(user, tail)
+    from_end = np.repeat(n_groups, n_groups) - 1 - pos
+    tail = from_end < cfg.heldout_tail_groups
+    topic, item, q, fallback = ch.draw(user, tail, np.where(tail, from_end, -1))
     # repeats: copy (topic, item, query) of a uniformly chosen earlier group of the same user,
     # not the one just before (the two would merge into one click-group)
     rep = (pos > 1) & (rng.random(len(user)) < cfg.repeat_query_prob)
@@ -329,7 +350,8 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
         clash = np.flatnonzero((pos > 0) & (c.q_code[q] == np.r_[-1, c.q_code[q][:-1]]))
         if not len(clash):
             break
-        t2, i2, q2, fb = ch.draw(user[clash], tail[clash])
+        was_held = q - c.q_start[item] >= c.q_open[item]
+        t2, i2, q2, fb = ch.draw(user[clash], tail[clash], keep_held=was_held[clash])
         topic[clash], item[clash], q[clash] = t2, i2, q2
         fallback += fb
         rep[clash] = False
@@ -364,3 +386,26 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
         "q": q[group],
         "ts": group_ts[group] + within * cfg.click_gap_s,
     })
+
+
+def heldout_queries_of(interactions: pd.DataFrame, simulator: Mapping[str, Any] | None
+                       ) -> frozenset[str]:
+    """The held-out query strings a simulated dataset used, recovered from its clicks.
+
+    ``simulator``: the ``"simulator"`` entry of ``dataset.json`` (None or empty: not simulated,
+    no held-out queries). The simulator uses a held-out string only in a user's last
+    ``heldout_tail_groups`` click-groups, so the held-out strings are the queries that occur
+    *only* there. (A history group that had to fall back to a held-out query, counted in
+    ``stats.history_fallback_groups``, makes its string an open one.)
+    """
+    if not simulator or not float(simulator.get("heldout_query_fraction", 0) or 0) \
+            or len(interactions) == 0:
+        return frozenset()
+    from bench.data.splits import click_groups
+    tail = int(simulator.get("heldout_tail_groups", 0))
+    df = interactions.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    group = click_groups(df)
+    n_groups = pd.Series(group).groupby(df["user_id"].to_numpy()).transform("max").to_numpy() + 1
+    in_tail = group >= n_groups - tail
+    open_queries = set(df.loc[~in_tail, "query"])
+    return frozenset(set(df.loc[in_tail, "query"]) - open_queries)

@@ -1,6 +1,7 @@
 """Builder for a StickerQueries release CSV (``sticker_id,labeled_queries``), any language.
 
-Queries are split on commas (ASCII and full-width), stripped, emptied items dropped and
+Queries are split on ``separators`` (default: ASCII and full-width commas, and the Chinese list
+marks ``、`` and ``；``), stripped, emptied items dropped and
 case-insensitive duplicates removed per sticker (both counted). ``gt_pack`` is a heuristic pack:
 the numeric id without its last ``pack_digits`` digits (file extension ignored; a non-numeric id
 is its own pack). ``gt_topic`` is another heuristic: the sticker's query shared by the most
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.data.format import Dataset, languages_of, write_dataset
+from bench.data.format import Dataset, languages_of, text_languages, write_dataset
 from bench.data.source_io import check_out_dir, copy_image, read_csv_rows, unique_queries
 from bench.data.simulate import simulate_clicks, simulator_config
 from bench.errors import ConfigError, DatasetError
@@ -63,12 +64,16 @@ def _csv_path(source: Path) -> Path:
     return source
 
 
+#: Default query separators: ASCII/full-width commas, the Chinese enumeration comma and semicolon.
+SEPARATORS = ",，、；"
+
+
 def _is_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    return "zh" in text_languages(text)
 
 
 def build_sticker_queries(source: str | Path, out: str | Path, *, images: str = "",
-                          pack_digits: int = 3, separators: str = ",，", seed: int = 0,
+                          pack_digits: int = 3, separators: str = SEPARATORS, seed: int = 0,
                           simulator=None) -> Dataset:
     """Build a dataset from a StickerQueries release CSV (or a folder holding one) into ``out``.
 

@@ -12,9 +12,15 @@ ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed")
 
 
 class OcrConfig(BaseModel):
-    """How stickers are OCR'd. Every field but ``workers`` is part of the cache key."""
+    """How stickers are OCR'd. ``engine``: ``paddle`` (PP-OCRv4 from the rapidocr-onnxruntime
+    wheel, Chinese + English, no apt step) or ``tesseract``; the fields from ``lang`` to
+    ``dictionary`` are tesseract's, ``det_min_side`` paddle's. Every field of the engine in use
+    but ``workers`` and ``batch`` is part of the cache key."""
 
     model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["paddle", "tesseract"] = "paddle"
+    det_min_side: int = Field(192, ge=32, le=2048)  #: paddle: detect at least at this size (px)
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
     psm: Literal[3, 4, 6, 7, 11, 12, 13] = 11  #: 11 = sparse text, 6 = one text block
@@ -40,7 +46,9 @@ class OcrConfig(BaseModel):
         return "+".join(parts)
 
     def cache_params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"workers", "batch"})
+        if self.engine == "paddle":
+            return self.model_dump(include={"engine", "det_min_side", "frames"})
+        return self.model_dump(exclude={"workers", "batch", "det_min_side"})
 
 
 

@@ -171,6 +171,7 @@ def compare_rank_bm25(bm25, data, cfg, clock, ours: dict[str, Any]) -> dict[str,
     ours_search = ours["search_s"]
     rb_fit = clock.seconds("rank-bm25", "index")
     return {
+        "backend": getattr(bm25, "backend", None),
         "sample_requests": len(sample), "sample_distinct_queries": n_q,
         "query_scorings_all": scorings,
         "extrapolation": f"x{scorings / max(n_q, 1):.2f}: {n_q} distinct queries scored on "

@@ -233,19 +233,24 @@ def user_points(user_ids_of_clicks: Sequence[str], embedding_rows_of_clicks: Seq
 
 def cluster_users(points: UserPoints, cfg: ClusterConfig = ClusterConfig()) -> UserClusters:
     """Cluster every user's points (see the module doc)."""
+    labels = cluster_labels(points, cfg)
+    return clusters_from_labels(points.user_ids, points.offsets, points.X, labels, cfg)
+
+
+def cluster_labels(points: UserPoints, cfg: ClusterConfig = ClusterConfig()) -> np.ndarray:
+    """Per point of ``points.X``, its cluster number within its user (-1 = HDBSCAN noise)."""
     X, offsets, users = points.X, points.offsets, points.user_ids
     sizes = np.diff(offsets)
     if cfg.algorithm == "kmeans" and cfg.kmeans_impl == "batched":
         with single_threaded_blas():
-            labels = kmeans_batched(X, offsets, cfg.n_clusters, user_keys(users, cfg.seed),
-                                    cfg.max_iter)
-    else:
-        labels = np.zeros(len(X), dtype=np.int64)
-        seeds = (user_keys(users, cfg.seed) >> np.uint64(33)).astype(np.int64)
-        for u in np.flatnonzero(sizes > 1).tolist():
-            a, e = offsets[u], offsets[u + 1]
-            labels[a:e] = _labels_one(X[a:e], cfg, int(seeds[u]))
-    return clusters_from_labels(users, offsets, X, labels, cfg)
+            return kmeans_batched(X, offsets, cfg.n_clusters, user_keys(users, cfg.seed),
+                                  cfg.max_iter)
+    labels = np.zeros(len(X), dtype=np.int64)
+    seeds = (user_keys(users, cfg.seed) >> np.uint64(33)).astype(np.int64)
+    for u in np.flatnonzero(sizes > 1).tolist():
+        a, e = offsets[u], offsets[u + 1]
+        labels[a:e] = _labels_one(X[a:e], cfg, int(seeds[u]))
+    return labels
 
 
 def fit_user_clusters(user_ids_of_clicks: Sequence[str], embedding_rows_of_clicks: Sequence[int],
@@ -258,9 +263,11 @@ def fit_user_clusters(user_ids_of_clicks: Sequence[str], embedding_rows_of_click
 
 
 def clusters_from_labels(user_ids: np.ndarray, point_offsets: np.ndarray, X: np.ndarray,
-                         labels: np.ndarray, cfg: ClusterConfig) -> UserClusters:
+                         labels: np.ndarray, cfg: ClusterConfig, euclidean: bool = False
+                         ) -> UserClusters:
     """Centroids (unit mean of members), radii (largest member cosine distance, at least
-    ``cfg.min_radius``) and sizes from per-point labels (-1 = noise, per ``cfg.noise``)."""
+    ``cfg.min_radius``) and sizes from per-point labels (-1 = noise, per ``cfg.noise``).
+    ``euclidean``: centroids are the plain mean, radii the largest Euclidean member distance."""
     n_users = len(user_ids)
     p_user = np.repeat(np.arange(n_users), np.diff(point_offsets))
     labels = np.asarray(labels, dtype=np.int64).copy()
@@ -280,12 +287,18 @@ def clusters_from_labels(user_ids: np.ndarray, point_offsets: np.ndarray, X: np.
                            shape=(n_cl, len(cl)))
     sizes = np.bincount(cl, minlength=n_cl)
     sums = np.asarray(member @ Xk, dtype=np.float32)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    centroids = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+    if euclidean:
+        centroids = (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
+    else:
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
     dots = np.empty(len(cl), dtype=np.float64)
     for a in range(0, len(cl), 1 << 14):  # chunked: no (points x dim) gathered copy
         b = min(len(cl), a + (1 << 14))
-        dots[a:b] = np.einsum("ij,ij->i", Xk[a:b], centroids[cl[a:b]])
+        if euclidean:  # "dots" = 1 - distance, so that 1 - dots is the distance
+            dots[a:b] = 1.0 - np.linalg.norm(Xk[a:b] - centroids[cl[a:b]], axis=1)
+        else:
+            dots[a:b] = np.einsum("ij,ij->i", Xk[a:b], centroids[cl[a:b]])
     radii = np.full(n_cl, -np.inf)
     np.maximum.at(radii, cl, 1.0 - dots)
     radii[sizes == 1] = 0.0  # the centroid is the member itself (round-off aside)

@@ -9,8 +9,12 @@ scored: a covered sticker has ``cos >= 1 - (user's largest radius)``, which boun
 between a lower and an upper bound. Candidates are the stickers whose upper bound reaches the
 k-th largest lower bound; the first ``STAGE_ONE`` of them per request are scored, the k-th best
 of those real scores raises the threshold, and only the remaining candidates whose upper bound
-reaches it are scored next. Pools must come best first (rows of users without clusters are
+reaches it are scored next; the top k is then taken over the scored entries only (left-aligned),
+never over the whole pool width. Pools must come best first (rows of users without clusters are
 returned as their first k).
+
+``never_lower=True`` (the reference code's rule) keeps ``max(score, best)``: the re-rank only
+ever raises a score. The bounds above still hold (they always include the unchanged score).
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def _candidates(ids_t, s_t, cos_lo, w, mode, kk):
 def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np.ndarray,
            embeddings: np.ndarray, clusters: UserClusters, weight: float = 0.3,
            mode: str = "multiply", k: int | None = None, pool_row: np.ndarray | None = None,
-           inv_norms: np.ndarray | None = None, n_threads: int | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+           inv_norms: np.ndarray | None = None, n_threads: int | None = None,
+           never_lower: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank recall pools toward each request's user's style clusters; the exact top ``k``.
 
     ``pool_ids`` (n_pools, P) int sticker rows (-1 = padding) and ``pool_scores`` (n_pools, P),
@@ -100,7 +104,8 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     row per sticker (normalised here through ``inv_norms``, computed when None). Returns
     (ids int32 (n_requests, k) padded with -1, scores float32 padded with -inf), best first,
     ties by pool position. ``k`` defaults to P (the whole pool re-ranked). ``n_threads``:
-    request chunks re-ranked in parallel (default: available CPUs, at most 4)."""
+    request chunks re-ranked in parallel (default: available CPUs, at most 4). ``never_lower``:
+    a score is only ever raised (the reference's rule)."""
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
     pool_ids = np.asarray(pool_ids)
@@ -145,20 +150,17 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
         # Stage 1: the first STAGE_ONE candidates of each row (pool order: the best recall
         # scores). The k-th best of their new scores is a lower bound of the final k-th best, so
         # stage 2 needs only the remaining candidates whose upper bound reaches it.
-        new = np.full(ids_t.shape, -np.inf, dtype=np.float32)
+        width = ids_t.shape[1]
         first = cand & (np.cumsum(cand, axis=1) <= max(STAGE_ONE, kk))
-        ctx = (chunk, ids_t, s_t, users, clusters, embeddings, inv_norms, w, mode, k_max, d, new)
-        _score_candidates(first, *ctx)
-        rest = cand & ~first & (ub >= _slack(_kth_largest(new, kk))[:, None])
+        ctx = (chunk, ids_t, s_t, users, clusters, embeddings, inv_norms, w, mode, k_max, d,
+               never_lower)
+        scored = _score_candidates(first, *ctx)      # (row, pool position, new score) triplets
+        kth = _kth_largest(_compact(scored, len(chunk), width)[0], kk)
+        rest = cand & ~first & (ub >= _slack(kth)[:, None])
         if rest.any():
-            _score_candidates(rest, *ctx)
-        width = new.shape[1]
-        keys = np.where(np.isfinite(new), pack_keys(new, np.broadcast_to(np.arange(width),
-                                                                         new.shape)),
-                        np.iinfo(np.uint64).max)
-        if width > kk:
-            keys = np.partition(keys, kk - 1, axis=1)[:, :kk]
-        top_pos, top_scores = unpack_keys(np.sort(keys, axis=1))
+            scored += _score_candidates(rest, *ctx)
+        # The top k over the scored entries only (left-aligned), never the whole pool width.
+        top_pos, top_scores = top_k_entries(*_compact(scored, len(chunk), width), kk)
         rows = np.arange(len(chunk))[:, None]
         n = top_pos.shape[1]
         out_ids[chunk, :n] = np.where(top_pos >= 0, ids_t[rows, np.maximum(top_pos, 0)], -1)
@@ -177,6 +179,42 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     return out_ids, out_scores
 
 
+def _compact(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int,
+             width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scored entries ``(row, column, value)`` (lists of arrays) left-aligned per row: (values
+    (n_rows, m) float32 padded with -inf, their columns (n_rows, m) int64), m = the most entries
+    of a row (at least 1). Order within a row is free (:func:`top_k_entries` breaks ties by
+    column).
+    When most of the ``width`` columns are scored, the plain (n_rows, width) layout is cheaper
+    than sorting the entries by row, and is returned instead."""
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    if 4 * len(rows) >= n_rows * width:
+        dense = np.full((n_rows, width), -np.inf, dtype=np.float32)
+        dense[rows, cols] = vals
+        return dense, np.broadcast_to(np.arange(width), dense.shape)
+    order = np.argsort(rows, kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    counts = np.bincount(rows, minlength=n_rows)
+    m = max(int(counts.max(initial=0)), 1)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_vals = np.full((n_rows, m), -np.inf, dtype=np.float32)
+    out_cols = np.zeros((n_rows, m), dtype=np.int64)
+    out_vals[rows, slot] = vals
+    out_cols[rows, slot] = cols
+    return out_vals, out_cols
+
+
+def top_k_entries(vals: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` finite values of each row, ties by column: (columns int32 padded with -1,
+    values float32 padded with -inf), at most ``k`` wide."""
+    keys = np.where(np.isfinite(vals), pack_keys(vals, cols), np.iinfo(np.uint64).max)
+    if keys.shape[1] > k:
+        keys = np.partition(keys, k - 1, axis=1)[:, :k]
+    return unpack_keys(np.sort(keys, axis=1))
+
+
 def _kth_largest(values: np.ndarray, k: int) -> np.ndarray:
     """k-th largest finite value of each row; -inf where a row has fewer than k."""
     n = values.shape[1]
@@ -193,25 +231,27 @@ def _slack(threshold: np.ndarray) -> np.ndarray:
 
 
 def _score_candidates(cand, chunk, ids_t, s_t, users, clusters, embeddings, inv_norms, w, mode,
-                      k_max, d, new):
-    """Re-ranked scores of the ``cand`` entries of a chunk's pools, written into ``new``;
-    rows in blocks of similar candidate counts (bounded padded memory)."""
+                      k_max, d, never_lower=False) -> list[tuple[np.ndarray, ...]]:
+    """Re-ranked scores of the ``cand`` entries of a chunk's pools, as a list of (chunk row,
+    pool position, new score) arrays; rows in blocks of similar candidate counts (bounded padded
+    memory)."""
     counts = cand.sum(axis=1)
     order = np.argsort(counts, kind="stable")
     order = order[counts[order] > 0]
-    start = 0
+    start, out = 0, []
     while start < len(order):
         nb = len(order) - start
         while nb > 1 and nb * (int(counts[order[start + nb - 1]]) + k_max) * d > BLOCK_FLOATS:
             nb = (nb + 1) // 2
         sel = order[start:start + nb]
-        _score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters, embeddings,
-                     inv_norms, w, mode, new)
+        out.append(_score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters,
+                                embeddings, inv_norms, w, mode, never_lower))
         start += nb
+    return out
 
 
 def _score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters, embeddings, inv_norms,
-                 w, mode, new):
+                 w, mode, never_lower=False):
     nb = len(sel)
     m = int(counts[sel].max())
     # Candidate pool positions, left-aligned per row (np.nonzero is row-major, in order).
@@ -240,4 +280,6 @@ def _score_block(sel, cand, counts, chunk, ids_t, s_t, users, clusters, embeddin
         else score[..., None] + w * cos
     best = np.where(covered, cand_new, -np.inf).max(axis=2)
     final = np.where(covered.any(axis=2), best, score).astype(np.float32)
-    new[sel[r_idx], p_idx] = final[r_idx, slot]
+    if never_lower:
+        final = np.maximum(final, score)
+    return sel[r_idx], p_idx, final[r_idx, slot]

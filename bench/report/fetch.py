@@ -28,9 +28,7 @@ def fetch_run(run_id_or_experiment_name: str, tracking_uri: str | None = None,
     """
     from mlflow.tracking import MlflowClient
 
-
-    from bench.tracking import TrackingError, mask_credentials, resolve_tracking_uri
-    from bench.tracking import schema
+    from bench.tracking import TrackingError, mask_credentials, resolve_tracking_uri, schema
     uri = resolve_tracking_uri(tracking_uri)
     where = mask_credentials(uri)
     key = str(run_id_or_experiment_name)

@@ -44,9 +44,10 @@ def _group(label: str) -> str:
 
 
 def _pick(i: int, colours: tuple, lines: tuple):
-    n = len(colours) * len(lines)
-    line = lines[i % len(lines)] if i < n else (0, (2 + 2 * (i // n), 1.5, 1, 1.5))
-    return colours[i % len(colours)], line
+    if i < len(colours) * len(lines):
+        return colours[i % len(colours)], lines[i % len(lines)]
+    # beyond the palettes: a dash-dot whose dash length is unique among the labels of its colour
+    return colours[i % len(colours)], (0, (1.0 + 0.5 * (i // len(colours)), 1.5, 1, 1.5))
 
 
 def style_for(labels) -> dict[str, Style]:
@@ -117,7 +118,7 @@ def curves_figure(series: dict[str, tuple], ks: list[int], styles: dict[str, Sty
         if low is not None and high is not None:
             ax.fill_between(ks, low, high, color=colour, alpha=0.12, linewidth=0)
     ax.set_xlabel("cutoff k (ranks)")
-    ax.set_ylabel("M-MRR@k (mean over users; sum of 1/rank, can exceed 1)")
+    ax.set_ylabel("M-MRR@k (mean over users; unitless)")
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
     _legend_outside(ax, title="retriever")

@@ -38,7 +38,7 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
         row["fit_s"] = round(r.fit_seconds, 2)
         row["search_s"] = round(r.search_seconds, 2)
         row["status"] = "failed" if r.error else "ok"
-        for key, value in (r.macro or {}).items():
+        for key, value in {**(r.macro or {}), **(getattr(r, "segments", None) or {})}.items():
             if SEGMENT_COLUMN_RE.match(key):
                 row[key] = value
                 extra += [key] if key not in extra else []

@@ -20,7 +20,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.tracking.schema import ATTR_HEARTBEAT, ATTR_TRIAL_ERROR, ATTR_WORKER
 
@@ -100,7 +101,7 @@ def abandoned_reason(trial, now: float, stale_after: float) -> str | None:
     info = trial.user_attrs.get(ATTR_WORKER)
     alive = worker_alive(info)
     if alive is False:
-        return f"its worker (pid {info['pid']} on {info['host']}) is no longer running"
+        return f"pid {info['pid']} on {info['host']} is no longer running"
     beat = trial.user_attrs.get(ATTR_HEARTBEAT)
     last = float(beat) if beat is not None else (
         trial.datetime_start.timestamp() if trial.datetime_start else now)

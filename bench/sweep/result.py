@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.sweep.space import SearchSpace
 from bench.tracking.schema import ATTR_TRIAL_FEATURES, ATTR_TRIAL_PARAMS

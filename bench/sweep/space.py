@@ -40,8 +40,9 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from bench.errors import ConfigError
 

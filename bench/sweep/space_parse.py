@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
-from bench.sweep.space import (DISTRIBUTIONS, OPTIONS, SAMPLERS, TOP_KEYS, ParamSpec,
-                               SearchSpace)
+from bench.sweep.space import (
+    DISTRIBUTIONS,
+    OPTIONS,
+    SAMPLERS,
+    TOP_KEYS,
+    ParamSpec,
+    SearchSpace,
+)
 
 
 def _primitive(value: Any) -> bool:

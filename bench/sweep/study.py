@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.sweep.result import SweepResult, flat_features
 from bench.sweep.space import SearchSpace

@@ -67,8 +67,12 @@ class BenchmarkLog:
                      params: dict[str, Any], extra_tags: dict[str, str] | None = None,
                      parent_run_id: str | None = None) -> str | None:
         def start() -> str | None:
+            orphans = self.tracker.mark_orphans(self.experiment)
+            if orphans:
+                self.echo(f"  marked {len(orphans)} earlier run(s) KILLED (their process is gone)")
             tags = {**schema.parent_tags(ds, config_hash=config_hash, config_path=config_path,
-                                         git_commit=git_commit()), **(extra_tags or {})}
+                                         git_commit=git_commit()),
+                    **schema.process_tags(self.folder.resolve()), **(extra_tags or {})}
             self.parent = self.tracker.start_run(self.experiment, run_name=run_name, tags=tags,
                                                  reuse_env_run=parent_run_id is None,
                                                  parent_run_id=parent_run_id)
@@ -119,6 +123,10 @@ class BenchmarkLog:
             tracker.end_run(run_id, "FAILED" if result.error else "FINISHED",
                             end_time=result.ended_at)
         self._guard(log_it)
+
+    def abort(self, status: str) -> None:
+        """End the parent as KILLED or FAILED after an interruption or an unexpected error."""
+        self._guard(lambda: self.tracker.end_run(self.parent, status) if self.parent else None)
 
     # ------------------------------------------------------------------------------ finish
     def finish(self, table: Any, ks: list[int], failed: bool) -> None:

@@ -105,6 +105,30 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mark_folder_killed(folder: str | None) -> None:
+    import json
+    if not folder:
+        return
+    status = Path(folder) / "status.json"
+    try:
+        if json.loads(status.read_text(encoding="utf-8")).get("status") == "running":
+            status.write_text(json.dumps({"status": "killed", "time": time.time(),
+                                          "note": "process gone; marked by a later run"}),
+                              encoding="utf-8")
+    except (OSError, ValueError):
+        pass
+
+
 class Tracker:
     """A thin, batched MLflow writer. ``Tracker(None)`` (tracking disabled) does nothing."""
 
@@ -116,6 +140,45 @@ class Tracker:
             from mlflow.tracking import MlflowClient
             mlflow.set_tracking_uri(uri)
             self._client = MlflowClient(tracking_uri=uri)
+            self._migrate_once()
+
+    def _migrate_once(self) -> None:
+        """A fresh SQLite store is created (schema migration) under a file lock beside it:
+        two first runs at once otherwise race in alembic and one run is lost."""
+        if not str(self.uri).startswith("sqlite:///"):
+            return
+        from filelock import FileLock
+        db = Path(str(self.uri)[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            return  # MLflow names the problem on first use
+        with FileLock(str(db) + ".lock", timeout=300):
+            self._client.search_experiments(max_results=1)
+
+    def mark_orphans(self, experiment: str) -> list[str]:
+        """Parents of this host whose process is gone (``kill -9``) but which still say RUNNING
+        are set to KILLED (and their run folder's status.json, if it says running). Returns
+        their ids."""
+        if not self.enabled:
+            return []
+        import socket
+
+        from bench.tracking.schema import HOST, PID
+        exp = self._client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        found = []
+        host = socket.gethostname()
+        runs = self._client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
+                                        max_results=200)
+        for run in runs:
+            tags = run.data.tags
+            pid = tags.get(PID, "")
+            if tags.get(HOST) != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            self._client.set_terminated(run.info.run_id, status="KILLED")
+            _mark_folder_killed(tags.get("persrv.folder"))
+            found.append(run.info.run_id)
+        return found
 
     @property
     def enabled(self) -> bool:

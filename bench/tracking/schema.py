@@ -46,6 +46,9 @@ TRIAL_NUMBER = "optuna.trial_number"
 TRIAL_STATE = "optuna.trial_state"
 BEST_TRIAL = "optuna.best_trial"
 EVAL_SPLIT = "eval_split"
+HOST = "persrv.host"
+PID = "persrv.pid"
+FOLDER = "persrv.folder"
 ERROR = "error"
 STORAGE = "optuna.storage"
 STORAGE_HASH = "optuna.storage_hash"
@@ -97,6 +100,17 @@ def error_tag(error: str | None) -> dict[str, str]:
 
 def parent_run_name(config_name: str) -> str:
     return config_name
+
+
+def process_tags(folder: Any = None) -> dict[str, str]:
+    """Host, pid and run folder of the writing process (a later run marks the parent KILLED if
+    the process is gone while the run still says RUNNING)."""
+    import os
+    import socket
+    tags = {HOST: socket.gethostname(), PID: str(os.getpid())}
+    if folder is not None:
+        tags[FOLDER] = str(folder)
+    return tags
 
 
 def parent_tags(ds: Any, *, config_hash: str, config_path: str | None,

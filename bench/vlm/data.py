@@ -1,9 +1,13 @@
 """Sticker -> query pairs for LoRA training, and the collate function that builds model inputs.
 
-Training pairs come from the *train* clicks of the chronological split (DESIGN §3): one pair per
-distinct ``(sticker_id, query)``, the sticker's image as input and the query as the answer; the
-validation pairs likewise from the validation clicks (test clicks are never seen). Pair order is
-a seeded shuffle. Images are loaded with :func:`bench.features.images.load_image_checked`;
+Pairs come only from the *train* side of the experiment's split (DESIGN §3, :func:`vlm_clicks`):
+the descriptions an adapter writes feed both the sweeps (scored on validation requests) and the
+final test, so neither validation nor test clicks may reach the adapter, not even through early
+stopping. Within the train clicks the same chronological per-user split is applied once more: a
+user's last train click-group gives the early-stopping (``val``) pairs, the earlier groups the
+fitting pairs. One pair per distinct ``(sticker_id, query)``, the sticker's image as input and the
+query as the answer; early-stopping pairs that are also fitting pairs are dropped (counted). Pair
+order is a seeded shuffle. Images are loaded with :func:`bench.features.images.load_image_checked`;
 stickers without a loadable image are dropped before training and counted by reason (logged and
 kept in :attr:`StickerQueryDataModule.stats`).
 
@@ -41,6 +45,42 @@ def query_pairs(clicks: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     pairs = clicks[["sticker_id", "query"]].astype(str).drop_duplicates()
     pairs = pairs.sort_values(["sticker_id", "query"], kind="stable")
     return pairs.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def split_config(split: Any = None) -> Any:
+    """A :class:`bench.data.splits.SplitConfig` from an experiment's ``split:`` section (pydantic
+    :class:`bench.config.SplitSpec`), a dict, a SplitConfig, or None (the default split) -- the
+    same conversion as :func:`bench.runner.prepare`."""
+    from bench.data.splits import SplitConfig
+    if split is None or isinstance(split, SplitConfig):
+        return split or SplitConfig()
+    raw = split.model_dump() if hasattr(split, "model_dump") else dict(split)
+    return SplitConfig(**raw)
+
+
+def split_dict(split: Any = None) -> dict[str, Any]:
+    """The split settings as a plain dict (logged, and stored with an exported adapter)."""
+    from dataclasses import asdict
+    return asdict(split_config(split))
+
+
+def vlm_clicks(interactions: pd.DataFrame, split: Any = None
+               ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """``(fitting clicks, early-stopping clicks, counts)`` for the VLM under ``split``.
+
+    Both come from the experiment split's ``train`` clicks only: the early-stopping clicks are each
+    train user's last train click-group (users with at least two), the fitting clicks the rest.
+    ``counts`` says how many clicks of each benchmark split there were and which were used.
+    """
+    from bench.data.splits import SplitConfig, split_interactions
+    outer = split_interactions(interactions, split_config(split))
+    inner = split_interactions(outer.train, SplitConfig(val_groups=0, test_groups=1,
+                                                        min_train_groups=1))
+    counts = {"benchmark_train_clicks": int(len(outer.train)),
+              "excluded_validation_clicks": int(len(outer.validation)),
+              "excluded_test_clicks": int(len(outer.test)),
+              "train_clicks": int(len(inner.train)), "validation_clicks": int(len(inner.test))}
+    return inner.train, inner.test, counts
 
 
 class StickerItems(Dataset):
@@ -132,8 +172,9 @@ class StickerQueryDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (image decoding).
         seed: pair shuffle and DataLoader shuffle seed.
         max_answer_tokens: queries are truncated to this many tokens.
-        split: the :class:`bench.data.splits.SplitConfig` (default: last click-group test, the one
-            before it validation).
+        split: the experiment's split (:class:`bench.config.SplitSpec`, a dict or a
+            :class:`bench.data.splits.SplitConfig`; default: last click-group test, the one
+            before it validation). Only its train clicks are used (:func:`vlm_clicks`).
     """
 
     def __init__(self, dataset_dir: str | Path, processor: Any, question: str = DEFAULT_QUESTION,
@@ -159,12 +200,14 @@ class StickerQueryDataModule(L.LightningDataModule):
         if self.train_pairs is not None:
             return
         from bench.data.format import load_dataset
-        from bench.data.splits import split_interactions
         from bench.features.images import count_reasons, load_image_checked
         ds = load_dataset(self.dataset_dir, on_invalid="skip")
-        splits = split_interactions(ds.interactions, self.split)
-        train = query_pairs(splits.train, self.seed)
-        val = query_pairs(splits.validation, self.seed)
+        fit_clicks, stop_clicks, counts = vlm_clicks(ds.interactions, self.split)
+        train = query_pairs(fit_clicks, self.seed)
+        val = query_pairs(stop_clicks, self.seed)
+        fitting = set(zip(train["sticker_id"], train["query"]))
+        seen = [pair in fitting for pair in zip(val["sticker_id"], val["query"])]
+        val = val.loc[~pd.Series(seen, index=val.index, dtype=bool)].reset_index(drop=True)
         paths = dict(zip(ds.stickers["sticker_id"], ds.stickers["image"]))
         reasons: dict[str, str | None] = {}
         for sid in sorted(set(train["sticker_id"]) | set(val["sticker_id"])):
@@ -176,8 +219,8 @@ class StickerQueryDataModule(L.LightningDataModule):
         self.val_pairs = val[~val["sticker_id"].isin(bad)].reset_index(drop=True)
         self.stats = {
             "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
-            "train_clicks": int(len(splits.train)),
-            "validation_clicks": int(len(splits.validation)),
+            "split": split_dict(self.split), **counts,
+            "val_pairs_dropped_as_fitting_pairs": int(sum(seen)),
             "train_pairs": int(len(self.train_pairs)), "val_pairs": int(len(self.val_pairs)),
             "skipped_stickers": len(bad),
             "skipped_pairs": int(len(train) + len(val)
@@ -189,7 +232,8 @@ class StickerQueryDataModule(L.LightningDataModule):
                         self.dataset_dir, len(bad),
                         ", ".join(f"{k}={v}" for k, v in self.stats["skipped_reasons"].items()),
                         self.stats["skipped_pairs"])
-        log.info("VLM pairs: %d train, %d validation", len(self.train_pairs), len(self.val_pairs))
+        log.info("VLM pairs (train side of the split only): %d fitting, %d early stopping",
+                 len(self.train_pairs), len(self.val_pairs))
 
     def _items(self, pairs: pd.DataFrame) -> StickerItems:
         return StickerItems(pairs["sticker_id"].tolist(),

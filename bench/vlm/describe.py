@@ -118,6 +118,26 @@ def resolve_adapter(adapter: str | Path | None, tracking_uri: str | None = None
                       "(32 hex characters) nor a runs:/ or models:/ URI")
 
 
+def check_adapter_split(adapter_dir: Path | None, dataset_fingerprint: str,
+                        split: Any = None) -> None:
+    """Refuse an adapter trained on this very dataset under another split than ``split`` (the
+    experiment's): its training may have seen the clicks that this experiment's sweeps or final
+    test score. Adapters from another dataset, or without a recorded split, pass."""
+    import json
+    from bench.vlm.data import split_dict
+    from bench.vlm.module import ADAPTER_META_FILE
+    if adapter_dir is None or split is None or not (adapter_dir / ADAPTER_META_FILE).is_file():
+        return
+    meta = json.loads((adapter_dir / ADAPTER_META_FILE).read_text(encoding="utf-8"))
+    trained_on = meta.get("split")
+    wanted = split_dict(split)
+    if meta.get("dataset_fingerprint") == dataset_fingerprint and trained_on not in (None, wanted):
+        raise ConfigError(f"adapter {adapter_dir}: trained on this dataset with split {trained_on}, "
+                          f"but the experiment uses split {wanted}; its training may have seen "
+                          "validation or test clicks. Retrain it with the experiment's split "
+                          "(train-vlm --benchmark-config EXPERIMENT.yaml).")
+
+
 class _Predictor:
     """A module + Trainer, built on first use and reused for every chunk."""
 
@@ -164,7 +184,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
                       devices: Any = 1, accelerator: str = "auto", strategy: str | None = None,
                       precision: str = "auto", limit: int | None = None, chunk_size: int = 256,
                       num_workers: int = 0, tracking_uri: str | None = None,
-                      stats: dict[str, Any] | None = None) -> pd.DataFrame:
+                      stats: dict[str, Any] | None = None, split: Any = None) -> pd.DataFrame:
     """Descriptions of the stickers of ``dataset_dir`` (``limit``: the first N only), cached.
 
     Args:
@@ -175,6 +195,8 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
         devices / accelerator / strategy / precision: Trainer settings (``devices > 1`` -> DDP).
         cache: the feature cache (default location if None).
         stats: if given, filled with ``generated``, ``cached``, ``no_image`` counts and the key.
+        split: the experiment's split; an adapter trained on this dataset under another split is
+            refused (:func:`check_adapter_split`). None: no check.
 
     Returns a frame ``[sticker_id, description, keywords]`` in the dataset's sticker order. Under
     DDP every rank returns the full frame; only rank 0 writes the cache.
@@ -189,6 +211,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
     cache = cache or FeatureCache()
     ds = load_dataset(dataset_dir, on_invalid="skip")
     adapter_dir, adapter_id, source = resolve_adapter(adapter, tracking_uri)
+    check_adapter_split(adapter_dir, ds.fingerprint, split)
     key = description_cache_key(cache, ds.fingerprint, model_name, adapter_id)
     stickers = ds.stickers if limit is None else ds.stickers.head(limit)
     ids = stickers["sticker_id"].tolist()

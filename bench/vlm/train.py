@@ -166,7 +166,7 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     dm = StickerQueryDataModule(cfg.dataset, module.processor, cfg.model.question,
                                 batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
                                 num_workers=t.num_workers, seed=cfg.seed,
-                                max_answer_tokens=cfg.model.max_answer_tokens)
+                                max_answer_tokens=cfg.model.max_answer_tokens, split=cfg.split)
     dm.setup("fit")
     if dm.train_pairs is None or dm.train_pairs.empty:
         raise BenchError(f"{cfg.dataset}: no training pairs (no train clicks on stickers with a "
@@ -182,12 +182,11 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     resumed_from = str(last) if resume and last.is_file() else None
     uri = resolve_tracking_uri(cfg.tracking_uri)
     run_id = os.environ.get("MLFLOW_RUN_ID") or (_previous_run(out, uri) if resumed_from else None)
-    tags = {"persrv.kind": "vlm-train", "dataset": dm.stats.get("dataset", ""),
-            "dataset_fingerprint": dm.stats.get("dataset_fingerprint", ""),
-            "config_hash": config_hash(cfg), "model": module.model_name}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    from bench.tracking.schema import vlm_train_tags
+    tags = vlm_train_tags(dataset=dm.stats.get("dataset", ""),
+                          fingerprint=dm.stats.get("dataset_fingerprint", ""),
+                          config_hash=config_hash(cfg), model=module.model_name,
+                          git_commit=git_commit())
     logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, run_id=run_id,
                           tags=tags if run_id is None else None, run_name="train-vlm")
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="{epoch}-{step}-{val_loss:.4f}"
@@ -246,7 +245,8 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     adapter_dir = module.export_adapter(
         out / "adapter", checkpoint_path=source,
         extra_meta={"checkpoint": source, "run_id": run_id, "dataset": dm.stats.get("dataset"),
-                    "dataset_fingerprint": dm.stats.get("dataset_fingerprint")})
+                    "dataset_fingerprint": dm.stats.get("dataset_fingerprint"),
+                    "split": dm.stats.get("split")})
     client = logger.experiment
     client.log_artifacts(run_id, str(adapter_dir), "adapter")
     final = {"global_step": float(trainer.global_step)}

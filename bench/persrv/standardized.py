@@ -1,0 +1,134 @@
+"""The reference code's cluster geometry (``geometry="standardized"``, ``persrv-reference``).
+
+The reference (``gen_personalise.py``, ``rank.py`` of the PerSRV code) standardises each user's
+history embeddings with scikit-learn's ``StandardScaler`` (per dimension: subtract the user's
+mean, divide by the user's standard deviation, ddof 0; a dimension with no spread is divided by
+1), runs k-means there, and keeps per cluster the centroid (the plain mean) and a threshold, the
+largest Euclidean member distance. A pooled sticker is covered by a cluster when its Euclidean
+distance to the centroid is at most that threshold, and a covering cluster gives
+``score * (1 + w cos)`` (``"multiply"``) or ``score + w cos`` (``"sum"``) with ``cos`` the cosine
+of the sticker and the centroid. Here the sticker is standardised with the same user's mean and
+deviation first (the reference compares the raw embedding with standardised centroids, which
+mixes two spaces; we read that as a bug). Points are the user's distinct clicked stickers, as
+for the default geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench.persrv.clustering import (ClusterConfig, UserClusters, UserPoints, cluster_labels,
+                                     clusters_from_labels)
+from bench.persrv.rerank import MODES, top_k_entries
+
+#: Floats of one (requests x pool x dim) block of standardised pooled embeddings.
+BLOCK_FLOATS = 1 << 22
+#: Relative tolerance of the coverage test ``distance <= radius`` (round-off).
+COVER_RTOL = 1e-5
+
+
+@dataclass
+class StandardizedClusters(UserClusters):
+    """:class:`UserClusters` in each user's standardised space: ``centroids`` are plain means,
+    ``radii`` Euclidean; ``mean`` and ``scale`` (n_users, dim) float64 standardise a vector for
+    user row u as ``(v - mean[u]) / scale[u]``."""
+
+    mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    scale: np.ndarray = field(default_factory=lambda: np.ones((0, 0)))
+
+
+def standardized_clusters(points: UserPoints, embeddings: np.ndarray,
+                          cfg: ClusterConfig = ClusterConfig()) -> StandardizedClusters:
+    """Cluster each user's raw history embeddings after per-user standardisation."""
+    offsets, users = points.offsets, points.user_ids
+    sizes = np.diff(offsets)
+    raw = np.asarray(embeddings)[points.rows].astype(np.float64)
+    p_user = np.repeat(np.arange(len(users)), sizes)
+    member = sp.csr_matrix((np.ones(len(raw)), (p_user, np.arange(len(raw)))),
+                           shape=(len(users), len(raw)))
+    n = np.maximum(sizes, 1)[:, None]
+    mean = np.asarray(member @ raw) / n
+    var = np.asarray(member @ (raw - mean[p_user]) ** 2) / n
+    scale = np.sqrt(var)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0   # StandardScaler's rule for no spread
+    Z = ((raw - mean[p_user]) / scale[p_user]).astype(np.float32)
+    std_points = UserPoints(user_ids=users, offsets=offsets, rows=points.rows, X=Z)
+    labels = cluster_labels(std_points, cfg)
+    base = clusters_from_labels(users, offsets, Z, labels, cfg, euclidean=True)
+    return StandardizedClusters(user_ids=base.user_ids, offsets=base.offsets,
+                                centroids=base.centroids, radii=base.radii, sizes=base.sizes,
+                                config=cfg, mean=mean, scale=scale)
+
+
+def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
+                        request_user_index: np.ndarray, embeddings: np.ndarray,
+                        clusters: StandardizedClusters, weight: float = 0.3,
+                        mode: str = "multiply", k: int | None = None,
+                        pool_row: np.ndarray | None = None, never_lower: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank recall pools in each user's standardised space (see the module doc); the same
+    inputs and outputs as :func:`bench.persrv.rerank.rerank` (ids int32 (n, k) padded with -1,
+    scores float32 padded with -inf, best first, ties by pool position). Every pooled sticker
+    is scored (the reference's pools are 5 x k deep)."""
+    if mode not in MODES:
+        raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
+    pool_ids = np.asarray(pool_ids)
+    pool_scores = np.asarray(pool_scores, dtype=np.float32)
+    users = np.asarray(request_user_index, dtype=np.int64)
+    nq, P = len(users), (pool_ids.shape[1] if pool_ids.ndim == 2 else 0)
+    k = P if k is None else max(0, int(k))
+    prow = np.arange(nq) if pool_row is None else np.asarray(pool_row, dtype=np.int64)
+    out_ids = np.full((nq, k), -1, dtype=np.int32)
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    if nq == 0 or k == 0 or P == 0:
+        return out_ids, out_scores
+    kk = min(k, P)
+    n_cl = np.where(users >= 0, clusters.n_clusters[np.maximum(users, 0)], 0) \
+        if len(clusters) else np.zeros(nq, dtype=np.int64)
+    plain = np.flatnonzero(n_cl == 0)
+    out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
+    out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
+    todo = np.flatnonzero(n_cl > 0)
+    step = max(1, BLOCK_FLOATS // max(1, P * embeddings.shape[1]))
+    for a in range(0, len(todo), step):
+        chunk = todo[a:a + step]
+        final = _standardized_scores(pool_ids[prow[chunk]], pool_scores[prow[chunk]],
+                                     users[chunk], embeddings, clusters, float(weight), mode,
+                                     never_lower)
+        top_pos, top_scores = top_k_entries(final, np.broadcast_to(np.arange(P), final.shape), kk)
+        rows = np.arange(len(chunk))[:, None]
+        ids = pool_ids[prow[chunk]]
+        out_ids[chunk, :top_pos.shape[1]] = np.where(top_pos >= 0,
+                                                     ids[rows, np.maximum(top_pos, 0)], -1)
+        out_scores[chunk, :top_pos.shape[1]] = top_scores
+    return out_ids, out_scores
+
+
+def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, never_lower):
+    """Re-ranked scores (n, P) float32 of pools ``ids``/``scores`` (n, P) of users ``users``."""
+    valid = ids >= 0
+    Z = (embeddings[np.maximum(ids, 0)].astype(np.float64)
+         - clusters.mean[users][:, None, :]) / clusters.scale[users][:, None, :]   # (n, P, d)
+    n_c = clusters.n_clusters[users]
+    cslot = np.arange(int(n_c.max()))
+    cmask = cslot[None, :] < n_c[:, None]
+    cidx = np.where(cmask, clusters.offsets[users][:, None] + cslot[None, :], 0)
+    C = clusters.centroids[cidx].astype(np.float64)                                # (n, K, d)
+    R = np.where(cmask, clusters.radii[cidx], -np.inf)
+    dot = np.matmul(Z, C.transpose(0, 2, 1))                                       # (n, P, K)
+    zz = np.einsum("npd,npd->np", Z, Z)[..., None]
+    cc = np.einsum("nkd,nkd->nk", C, C)[:, None, :]
+    dist = np.sqrt(np.maximum(zz + cc - 2.0 * dot, 0.0))
+    norm = np.sqrt(zz * cc)
+    cos = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)
+    covered = dist <= R[:, None, :] * (1 + COVER_RTOL) + COVER_RTOL
+    s = scores.astype(np.float64)[..., None]
+    boosted = s * (1.0 + w * cos) if mode == "multiply" else s + w * cos
+    best = np.where(covered, boosted, -np.inf).max(axis=2)
+    final = np.where(covered.any(axis=2), best, scores)
+    if never_lower:
+        final = np.maximum(final, scores)
+    return np.where(valid, final, -np.inf).astype(np.float32)

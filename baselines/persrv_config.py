@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.format import text_columns
+from bench.data.persrv_csv import METADATA_TEXT_COLUMNS
 from bench.errors import ConfigError
 from bench.persrv.clustering import ClusterConfig
 from bench.persrv.utility import UtilityConfig
@@ -30,7 +31,7 @@ CLUSTER_PARAMS = frozenset({"personalization", "cluster_algorithm", "n_clusters"
 GEOMETRIES = ("cosine", "standardized")
 #: The dataset meta key listing source fields kept as metadata, which the ``text`` field skips
 #: unless ``text_columns`` names them (set by the persrv-csv builder).
-METADATA_COLUMNS_KEY = "metadata_text_columns"
+METADATA_COLUMNS_KEY = METADATA_TEXT_COLUMNS
 
 
 def _cell_text(value: Any, sep: str = " ") -> str:

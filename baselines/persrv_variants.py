@@ -42,6 +42,7 @@ PerSRVNoDescription = _variant("persrv-no-description", "PerSRV without the VLM 
 PerSRVBM25 = _variant("persrv-bm25", "PerSRV's multi-field BM25 alone (no utility, no personalization).", utility=False, personalization=False)  # noqa: E501
 
 #: The parameters by which ``persrv-reference`` differs from ``persrv`` (one fidelity row each).
+#: (VLM keywords stay off, as in ``persrv``: ``keywords_boost`` = 0.)
 REFERENCE_PARAMS = dict(utility_components="queries", pool_per_k=5, text_boost=0.0,
-                        keywords_boost=0.0, rerank_never_lower=True, geometry="standardized")
+                        rerank_never_lower=True, geometry="standardized")
 PerSRVReference = _variant("persrv-reference", "PerSRV as the reference code does it (versatility utility, pool 5 x k, its fields, never-lower re-rank, standardised Euclidean geometry).", **REFERENCE_PARAMS)  # noqa: E501

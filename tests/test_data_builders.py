@@ -136,7 +136,7 @@ def test_render_pool_and_font_fallback(tmp_path, monkeypatch):
     assert all((tmp_path / rel).is_file() for rel in stickers["image"])
     monkeypatch.setitem(synthetic.STYLES["pastel"], "font", "/nonexistent/font.ttf")
     synthetic._font.cache_clear()
-    monkeypatch.setattr(synthetic, "_warned", set())
+    monkeypatch.setattr("bench.data.synthetic_render._warned", set())
     with pytest.warns(UserWarning, match="font /nonexistent/font.ttf not found"):
         img = synthetic.render_sticker("star", "pastel", 0, "HELLO", 96)
     synthetic._font.cache_clear()

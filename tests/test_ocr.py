@@ -95,6 +95,31 @@ def test_load_image_reasons(images, tmp_path):
     assert count_reasons(["", "video", None, "empty", "video"]) == {"empty": 1, "video": 2}
 
 
+def test_oversize_image_is_too_large_before_decoding(tmp_path):
+    """A 60000 x 1 PNG is a few hundred bytes; padded to a square it would be 14 GB (issue 17)."""
+    from bench.features.encoders import embed_stickers, make_encoder
+    from bench.features.images import MAX_PIXELS, MAX_SIDE, size_problem
+    Image.new("L", (60000, 1), 255).save(tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size < 2000
+    assert load_image_checked(tmp_path / "strip.png") == (None, "too_large")
+    assert load_rgba(tmp_path / "strip.png") is None
+    assert size_problem(MAX_SIDE, 1) is None and size_problem(MAX_SIDE + 1, 1) == "too_large"
+    assert size_problem(8192, 8192) is None and size_problem(8192, 8193) == "too_large"
+    assert size_problem(4096, 4096, n_frames=5) == "too_large" and MAX_PIXELS == 64 * 2 ** 20
+    # a thin image inside the bounds: style-stats shrinks it before padding to a square
+    Image.new("RGBA", (16000, 2), (200, 10, 10, 255)).save(tmp_path / "thin.png")
+    render("ok").save(tmp_path / "ok.png")
+    stickers = pd.DataFrame({"sticker_id": ["strip", "thin", "ok"],
+                             "image": ["strip.png", "thin.png", "ok.png"]})
+    details: dict = {}
+    vecs, n_missing = embed_stickers(stickers, tmp_path, make_encoder("style-stats"), None,
+                                     workers=1, progress=False, details=details)
+    assert n_missing == 1 and details["missing_by_reason"] == {"too_large": 1}
+    assert vecs.shape[0] == 3 and not vecs[0].any() and vecs[1].any() and vecs[2].any()
+    arr = make_encoder("style-stats").to_array(Image.new("RGBA", (16000, 2)))
+    assert arr.shape == (64, 64, 4)
+
+
 def test_flattening_and_gif_frames(images):
     rgba = load_rgba(images["white_on_clear"])
     assert rgba.mode == "RGBA" and rgba.getextrema()[3][0] == 0

@@ -283,3 +283,45 @@ def test_never_lower_rerank_only_raises_and_equals_slow_reference(mode, weight, 
     plain, _ = rerank(pool_ids, pool_sc, req, emb, clusters, weight=weight, mode=mode, k=k)
     if weight < 0:  # a negative weight lowers covered stickers unless never_lower
         assert plain.tolist() != ids.tolist()
+
+
+def test_standardized_geometry_equals_a_plain_loop():
+    """The reference geometry: per-user StandardScaler, k-means there, Euclidean radius and
+    coverage, cosine boost, never-lower; against sklearn's StandardScaler and a loop."""
+    from sklearn.preprocessing import StandardScaler
+
+    from bench.persrv.clustering import user_points
+    from bench.persrv.standardized import rerank_standardized, standardized_clusters
+    rng = np.random.default_rng(5)
+    n_st, d, P, k = 60, 3, 12, 5
+    emb = rng.normal(size=(n_st, d)).astype(np.float32)
+    users = ["a"] * 8 + ["b"] * 3
+    rows = np.r_[np.arange(8), [20, 21, 22]]
+    cl = standardized_clusters(user_points(users, rows, emb), emb, ClusterConfig(n_clusters=2))
+    sc = StandardScaler().fit(emb[rows[:8]].astype(np.float64))
+    assert np.allclose(cl.mean[0], sc.mean_) and np.allclose(cl.scale[0], sc.scale_)
+    Z = sc.transform(emb[rows[:8]])
+    a, e = cl.offsets[0], cl.offsets[1]
+    # every member is within its cluster's radius of one centroid
+    dist = np.linalg.norm(Z[:, None, :] - cl.centroids[a:e][None], axis=2)
+    assert (dist.min(axis=1) <= cl.radii[a:e].max() + 1e-5).all()
+    pool_ids = np.stack([rng.permutation(n_st)[:P] for _ in range(2)]).astype(np.int32)
+    pool_sc = np.sort(rng.gamma(2.0, 1.0, (2, P)).astype(np.float32), axis=1)[:, ::-1].copy()
+    ids, scores = rerank_standardized(pool_ids, pool_sc, np.array([0, 1]), emb, cl, weight=0.3,
+                                      k=k, never_lower=True)
+    for i, u in enumerate([0, 1]):
+        a, e = cl.offsets[u], cl.offsets[u + 1]
+        want = []
+        for p, (sid, s) in enumerate(zip(pool_ids[i], pool_sc[i])):
+            z = (emb[sid] - cl.mean[u]) / cl.scale[u]
+            best = float(s)
+            for c, r in zip(cl.centroids[a:e], cl.radii[a:e]):
+                if np.linalg.norm(z - c) <= r * (1 + 1e-5) + 1e-5:
+                    cos = z @ c / (np.linalg.norm(z) * np.linalg.norm(c))
+                    best = max(best, float(s) * (1 + 0.3 * cos))
+            want.append((-best, p, int(sid)))
+        want.sort()
+        assert ids[i].tolist() == [sid for _, _, sid in want[:k]]
+        assert np.allclose(scores[i], [-b for b, _, _ in want[:k]], rtol=1e-5)
+    # the user's own history stickers are covered and raised (cos > 0 with their centroid)
+    assert (scores >= pool_sc[:, :1].min() - 1e-6).any()

@@ -219,3 +219,60 @@ def test_no_searchable_field_returns_empty_rankings():
     r = make_retriever("persrv-no-queries").fit(TrainView(stickers=stickers, clicks=clicks))
     run = r.search([Request("u", "cat"), Request("v", "dog")], 10)
     assert run[Request("u", "cat")] == [] and run[Request("v", "dog")] == []
+
+
+def test_persrv_csv_extra_text_columns_are_not_searched_unless_asked(tmp_path):
+    """persrv-csv keeps emotion/keyword/type/JSON fields as metadata: PerSRV's ``text`` field
+    skips them by default (the reference queries only OCR, queries and description)."""
+    import json
+
+    from bench.data.builders import build_dataset
+    from bench.retrieval import leak_safe_view
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "clicks.csv").write_text("uid,query,docid\nu1,hello,d1\nu2,hello,d1\n",
+                                    encoding="utf-8")
+    rows = [{"docid": "d1", "paddleocr": "hello", "llava34b_image_desc": "a waving hand"},
+            {"docid": "d2", "paddleocr": "", "llava34b_image_emotions": "angry",
+             "type": "angry", "vec": {"angry": 1}}]
+    (src / "st.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n",
+                                  encoding="utf-8")
+    ds = build_dataset("persrv-csv", src / "clicks.csv", tmp_path / "out",
+                       {"stickers": str(src / "st.jsonl")})
+    assert sorted(ds.meta["metadata_text_columns"]) == ["llava34b_image_emotions", "type", "vec"]
+    view = leak_safe_view(ds.stickers, ds.interactions, meta=ds.meta)
+    angry = Request("u1", "angry")
+    default = PerSRV(personalization=False).fit(view)
+    assert "text" not in default.index_.fields
+    assert default.text_field_columns(view) == []
+    assert default.search([angry], 5)[angry] == []          # nothing searchable says "angry"
+    opted = PerSRV(personalization=False, text_columns="type").fit(view)
+    assert opted.text_field_columns(view) == ["type"]
+    assert [s for s, _ in opted.search([angry], 5)[angry]][:1] == ["d2"]
+    every = PerSRV(personalization=False, text_columns="all").fit(view)
+    assert sorted(every.text_field_columns(view)) == ["llava34b_image_emotions", "type", "vec"]
+    with pytest.raises(ConfigError, match="text_columns names nope"):
+        PerSRV(text_columns="nope").fit(view)
+    # without the meta key (every other dataset) "auto" keeps today's behaviour: all columns
+    plain = leak_safe_view(ds.stickers, ds.interactions, meta={})
+    assert sorted(PerSRV().text_field_columns(plain)) == ["llava34b_image_emotions", "type", "vec"]
+
+
+def test_persrv_reference_is_persrv_with_the_reference_parameters():
+    from baselines.persrv_variants import REFERENCE_PARAMS
+    ref = make_retriever("persrv-reference")
+    assert isinstance(ref, PerSRV)
+    diff = {k for k, v in get_params(ref).items() if get_params(PerSRV())[k] != v}
+    assert diff == set(REFERENCE_PARAMS) == {"utility_components", "pool_per_k", "text_boost",
+                                             "rerank_never_lower", "geometry"}
+    view = make_view()
+    ref.fit(view)
+    assert ref.clusters_.mean.shape[1] == 4                 # standardised per user
+    req = Request("ua", "dog")
+    run = ref.search([req], 2)
+    # pool = 5 x k = 10 recalled stickers; the user's own style (A) first, never lowered
+    assert [s for s, _ in run[req]] == ["dog-A", "dog-B"]
+    pool = ref.with_params(pool=10, pool_per_k=0).recall([req])
+    assert pool.ids.shape[1] == 10
+    base = dict(zip(*[[ref.sticker_ids_[i] for i in pool.ids[0]], pool.scores[0].tolist()]))
+    assert all(score >= base[sid] - 1e-6 for sid, score in run[req])

@@ -235,3 +235,18 @@ def test_errors():
         model.search(["x"], 5, doc_boost=np.ones(3))
     empty = MultiFieldBM25({"a": 1.0}).fit({"a": [None, ""]})
     assert (empty.search(["x"], 3)[0] == -1).all()
+
+
+def test_vectorised_field_counts_equal_per_document_counts():
+    """field_counts (bench.bm25, vectorised tokenisation + one CSR build) == count_terms over
+    Tokenizer.batch: same vocabulary order, term counts and lengths."""
+    from bench.bm25.index import count_terms, field_counts
+    from bench.text import Tokenizer
+    rng = np.random.default_rng(4)
+    words = ["cat", "Dog", "the", ":)", "中文", "naïve", "x_1", "hi!"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 6))) for _ in range(200)] + [None]
+    tok = Tokenizer(stopwords="english")
+    a = field_counts(texts, tok, use_cache=False)
+    b = count_terms(tok.batch(texts))
+    assert a.vocab == b.vocab and a.dl.tolist() == b.dl.tolist()
+    assert (a.tf != b.tf).nnz == 0 and np.array_equal(a.tf.indices, b.tf.indices)

@@ -376,6 +376,7 @@ def test_config_rejects_unknown_keys_and_missing_dataset(tmp_path):
         load_vlm_config(TINY_CONFIG, ["trainer.precision=bf16-true"])
 
 
+@pytest.mark.slow  # two processes, 80-110 s on 2 shared cores
 def test_ddp_two_cpu_processes_train_an_epoch(vlm_dataset, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERSRV_BENCH_QUIET": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -399,6 +400,7 @@ def test_ddp_two_cpu_processes_train_an_epoch(vlm_dataset, tmp_path):
     assert run.data.metrics["epoch"] >= 1 and "val_loss" in run.data.metrics
 
 
+@pytest.mark.slow  # two processes, 80-110 s on 2 shared cores
 def test_ddp_two_cpu_processes_describe_like_one(vlm_dataset, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERSRV_BENCH_QUIET": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

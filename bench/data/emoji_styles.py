@@ -252,7 +252,7 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
     cfg = simulator_config(simulator, seed=seed, group_col="gt_style", topic_col="gt_topic")
     clicks = simulate_clicks(stickers, queries, cfg)
     if (src / "README.md").is_file():  # keep the attribution notices with the images
-        shutil.copyfile(src / "README.md", root / "SOURCE-README.md")
+        copy_image(src / "README.md", root / "SOURCE-README.md", source=src, out=root)
     meta = {
         "name": "emoji-styles" if langs[0] == "en" else f"emoji-styles-{langs[0]}",
         "version": "2",
@@ -281,7 +281,7 @@ def _style_image(src: Path, root: Path, hexcode: str, style: str, missing_images
     """The copied image's relative path, None (missing, kept) or False (missing, skipped)."""
     rel = f"images/{style}/{hexcode}.png"
     if (src / rel).is_file():
-        copy_image(src / rel, root / rel)
+        copy_image(src / rel, root / rel, source=src, out=root)
         stats["images_copied"] += 1
         return rel
     stats["missing_images"] += 1

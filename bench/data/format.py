@@ -9,10 +9,8 @@ column. Row problems (clicks on unknown stickers, empty queries) raise too, unle
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from bench.data import integrity
 from bench.errors import DatasetError
 
-STICKERS_FILE = "stickers.parquet"
-INTERACTIONS_FILE = "interactions.parquet"
-META_FILE = "dataset.json"
+log = logging.getLogger(__name__)
+
+from bench.data.integrity import (INTERACTIONS_FILE, META_FILE, STICKERS_FILE,  # noqa: F401
+                                  _atomic_write_bytes, write_json_atomic)
 
 STICKER_COLUMNS = ("sticker_id", "image")
 INTERACTION_COLUMNS = ("user_id", "query", "sticker_id", "ts")
@@ -78,27 +78,6 @@ def text_columns(stickers: pd.DataFrame) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- writing
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as pretty JSON via a temp file + rename."""
-    def _w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False, sort_keys=False, default=str)
-            fh.write("\n")
-    _atomic_write_bytes(Path(path), _w)
-
-
 def _normalise_stickers(stickers: pd.DataFrame) -> pd.DataFrame:
     df = stickers.copy()
     if "image" not in df.columns:
@@ -119,21 +98,7 @@ def _normalise_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
 
 def fingerprint_dir(root: Path, stickers: pd.DataFrame) -> str:
     """Content fingerprint: sha256 of both parquet files and every referenced image file."""
-    h = hashlib.sha256()
-    for name in (STICKERS_FILE, INTERACTIONS_FILE):
-        h.update(name.encode())
-        with open(root / name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    images = stickers["image"].dropna().astype(str) if "image" in stickers else []
-    for rel in sorted(set(images)):
-        p = root / rel
-        h.update(rel.encode())
-        if p.is_file():
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-        else:
-            h.update(b"<missing>")
-    return h.hexdigest()[:16]
+    return integrity.fingerprint_dir(root, stickers["image"] if "image" in stickers else [])
 
 
 def languages_of(texts: pd.Series, sample: int = 5000) -> list[str]:
@@ -182,6 +147,7 @@ def write_dataset(out_dir: str | Path, stickers: pd.DataFrame, interactions: pd.
         "images": int(st["image"].notna().sum()),
     }
     full["fingerprint"] = fingerprint_dir(root, st)
+    full["files_digest"] = integrity.files_digest(root, integrity.scan_images(st["image"], root)[1])
     write_json_atomic(root / META_FILE, full)
     return load_dataset(root)
 
@@ -195,10 +161,45 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DatasetError("file is empty (0 bytes)", file=str(path))
     try:
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DatasetError(f"unreadable parquet ({type(exc).__name__}: {exc})",
+        raise DatasetError(f"unreadable parquet ({type(exc).__name__}: "
+                           f"{_short(str(exc).splitlines()[0] if str(exc) else '', 200)})",
                            file=str(path)) from None
+    _check_utf8(frame, str(path))
+    return frame
+
+
+def _check_utf8(frame: pd.DataFrame, file: str) -> None:
+    """Arrow-backed string columns are not decoded on read: invalid UTF-8 would surface later as
+    an ArrowInvalid traceback. Validate each one now and name the first bad row."""
+    import re
+
+    import pyarrow as pa
+    for col in frame.columns:
+        values = frame[col].array
+        if not (pd.api.types.is_string_dtype(frame[col].dtype) and
+                hasattr(values, "__arrow_array__")):
+            continue
+        arr = pa.array(values)
+        try:
+            arr.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            found = re.search(r"index (\d+)", str(exc))
+            row = int(found.group(1)) if found else _first_bad_utf8(arr)
+            raise DatasetError("not valid UTF-8 text (re-write the column as UTF-8 strings)",
+                               file=file, row=row, column=str(col)) from None
+
+
+def _first_bad_utf8(arr) -> int | None:
+    import pyarrow as pa
+    binary = arr.view(pa.large_binary() if pa.types.is_large_string(arr.type) else pa.binary())
+    for i, value in enumerate(binary.to_pylist()):
+        try:
+            value is None or value.decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return None
 
 
 def _require_columns(df: pd.DataFrame, columns, file: str) -> None:
@@ -243,27 +244,47 @@ def _check_ids(values: pd.Series, file: str, col: str) -> pd.Series:
 def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error") -> Dataset:
     """Load and validate a canonical dataset directory.
 
-    ``on_invalid="skip"`` drops clicks on unknown stickers and clicks with empty queries, counting
-    them in ``Dataset.skipped`` (and in the warning it logs); anything structural always raises.
+    ``on_invalid="skip"`` drops clicks on unknown stickers and clicks with empty queries, and
+    clears ``image`` paths that leave the directory, counting them in ``Dataset.skipped`` (and in
+    the warning it logs); anything structural always raises. The files are checked against
+    ``dataset.json`` (:func:`bench.data.integrity.verify_files`): a stale fingerprint is replaced by the content's.
     """
     root = Path(path)
     if not root.is_dir():
         raise DatasetError("not a directory (expected a dataset directory with "
                            f"{STICKERS_FILE}, {INTERACTIONS_FILE}, {META_FILE})", file=str(root))
-    meta_path = root / META_FILE
-    meta: dict[str, Any] = {}
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"invalid JSON ({exc})", file=str(meta_path)) from None
-        if not isinstance(meta, dict):
-            raise DatasetError("expected a JSON object", file=str(meta_path))
-    else:
-        raise DatasetError("file is missing", file=str(meta_path))
-
+    meta = read_meta(root / META_FILE)
     sfile = str(root / STICKERS_FILE)
-    stickers = _read_parquet(root / STICKERS_FILE)
+    stickers = _load_stickers(root / STICKERS_FILE)
+    ifile = str(root / INTERACTIONS_FILE)
+    inter = _load_interactions(root / INTERACTIONS_FILE)
+    skipped: dict[str, int] = {}
+    inter = _drop_invalid_clicks(inter, stickers, ifile, on_invalid, skipped)
+    images = stickers["image"]
+    stickers, image_stats = integrity.apply_path_policy(stickers, root, sfile, on_invalid,
+                                                        skipped)
+    meta = integrity.verify_files(root, meta, images, image_stats)
+    return Dataset(stickers=stickers, interactions=inter, meta=meta, root=root, skipped=skipped)
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    """``dataset.json`` as a dict; a missing, non-UTF-8 or non-object file is a DatasetError."""
+    if not meta_path.exists():
+        raise DatasetError("file is missing", file=str(meta_path))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"invalid JSON ({str(exc)[:200]})", file=str(meta_path)) from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read ({exc.strerror})", file=str(meta_path)) from None
+    if not isinstance(meta, dict):
+        raise DatasetError("expected a JSON object", file=str(meta_path))
+    return meta
+
+
+def _load_stickers(path: Path) -> pd.DataFrame:
+    sfile = str(path)
+    stickers = _read_parquet(path)
     _require_columns(stickers, STICKER_COLUMNS, sfile)
     stickers = stickers.reset_index(drop=True)
     stickers["sticker_id"] = _check_ids(stickers["sticker_id"], sfile, "sticker_id")
@@ -278,9 +299,12 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
                            column="sticker_id")
     for col in text_columns(stickers):
         _check_string_column(stickers, col, sfile, nullable=True)
+    return stickers
 
-    ifile = str(root / INTERACTIONS_FILE)
-    inter = _read_parquet(root / INTERACTIONS_FILE)
+
+def _load_interactions(path: Path) -> pd.DataFrame:
+    ifile = str(path)
+    inter = _read_parquet(path)
     _require_columns(inter, INTERACTION_COLUMNS, ifile)
     inter = inter.reset_index(drop=True)
     inter["user_id"] = _check_ids(inter["user_id"], ifile, "user_id")
@@ -301,8 +325,11 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
                                f"{ts.dtype}; first value {ts.iloc[bad_row]!r}", file=ifile,
                                row=bad_row, column="ts")
     inter["ts"] = inter["ts"].astype("int64")
+    return inter
 
-    skipped: dict[str, int] = {}
+
+def _drop_invalid_clicks(inter: pd.DataFrame, stickers: pd.DataFrame, ifile: str,
+                         on_invalid: str, skipped: dict[str, int]) -> pd.DataFrame:
     problems = [
         ("empty_query", inter["query"].str.strip().eq("").to_numpy(), "query",
          "empty query"),
@@ -317,18 +344,16 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
             row = int(np.flatnonzero(mask)[0])
             if on_invalid == "error":
                 raise DatasetError(
-                    f"{what} ({inter[col].iloc[row]!r}); {int(mask.sum())} such rows in total. "
-                    "Fix the data or load with on_invalid='skip' (CLI: --skip-invalid) to drop "
-                    "and count them", file=ifile, row=row, column=col)
+                    f"{what} ({_short(inter[col].iloc[row], 80)!r}); {int(mask.sum())} such rows "
+                    "in total. Fix the data or load with on_invalid='skip' (CLI: --skip-invalid) "
+                    "to drop and count them", file=ifile, row=row, column=col)
             skipped[key] = int(mask.sum())
             drop |= mask
     if drop.any():
-        import logging
-        logging.getLogger(__name__).warning(
-            "%s: skipped %d invalid interaction rows (%s)", ifile, int(drop.sum()),
-            ", ".join(f"{k}={v}" for k, v in skipped.items()))
+        log.warning("%s: skipped %d invalid interaction rows (%s)", ifile, int(drop.sum()),
+                    ", ".join(f"{k}={v}" for k, v in skipped.items()))
         inter = inter.loc[~drop].reset_index(drop=True)
-    return Dataset(stickers=stickers, interactions=inter, meta=meta, root=root, skipped=skipped)
+    return inter
 
 
 def describe(ds: Dataset) -> dict[str, Any]:

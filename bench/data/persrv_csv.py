@@ -8,7 +8,8 @@ and fields mapped as ``paddleocr -> ocr_text``, ``llava34b_image_desc -> descrip
 the dataset when the file exists, relative to the JSON-lines file), ``raw_queries ->
 gt_raw_queries`` (it may hold queries of every split, so retrievers must not see it). Other
 fields are kept: numbers as numeric columns (``clicks_per_doc`` ...), strings as text, lists and
-objects as JSON text.
+objects as JSON text; the text ones are listed in the meta's ``metadata_text_columns`` (metadata,
+not searched by PerSRV unless asked: the reference queries only OCR, queries and description).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.data.format import Dataset, languages_of, write_dataset
+from bench.data.format import Dataset, languages_of, text_columns, write_dataset
 from bench.data.source_io import check_out_dir, copy_image, read_csv_rows
 from bench.errors import ConfigError, DatasetError
 
@@ -32,6 +33,11 @@ FIELD_MAP = {"paddleocr": "ocr_text", "llava34b_image_desc": "description",
              "raw_queries": "gt_raw_queries"}
 ID_FIELDS = ("docid", "id", "sticker_id")
 TIME_COLUMNS = ("timestamp", "ts", "time")
+#: Columns the reference code searches (``paddleocr``, ``llava34b_image_desc``); every other text
+#: column is listed in the dataset meta under METADATA_TEXT_COLUMNS, which PerSRV's ``text``
+#: field skips unless its ``text_columns`` parameter names them.
+SEARCHED_COLUMNS = ("ocr_text", "description")
+METADATA_TEXT_COLUMNS = "metadata_text_columns"
 
 
 # ------------------------------------------------------------------------------------ JSON lines
@@ -111,7 +117,7 @@ def read_sticker_jsonl(path: str | Path, out: Path, images: str | Path | None = 
                 if src is not None and src.is_file():
                     dest = Path("images", *[p for p in PurePosixPath(rel.replace("\\", "/")).parts
                                              if p not in ("/", ".", "..")])
-                    copy_image(src, out / dest)
+                    copy_image(src, out / dest, source=image_root, out=out)
                     counts["images_copied"] += 1
                     rec["image"] = dest.as_posix()
                 else:
@@ -218,6 +224,7 @@ def build_persrv_csv(source: str | Path, out: str | Path, *, stickers: str = "",
         "ts_unit": unit,
         "skipped": {k: v for k, v in skipped.items() if v},
         "images": counts,
+        METADATA_TEXT_COLUMNS: [c for c in text_columns(st) if c not in SEARCHED_COLUMNS],
         "builder_params": dict(stickers=str(stickers), images=str(images),
                                timestamp_col=tcol, on_invalid=on_invalid),
     }

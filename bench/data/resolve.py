@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from bench.config import DatasetSpec
-from bench.data.format import META_FILE, Dataset, load_dataset
+from bench.data.format import META_FILE, Dataset, load_dataset, read_meta
 from bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,14 @@ def resolve_dataset(spec: DatasetSpec) -> Dataset:
                           "(synthetic, emoji-styles, sticker-queries, persrv-csv)")
     out = built_dataset_dir(spec)
     if (out / META_FILE).exists():
-        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        meta = read_meta(out / META_FILE)
         if meta.get("builder_params_key") == _params_key(spec):
-            log.info("reusing dataset built earlier at %s", out)
-            return load_dataset(out, on_invalid=spec.on_invalid)
+            ds = load_dataset(out, on_invalid=spec.on_invalid)
+            if not ds.meta.get("stale_fingerprint"):
+                log.info("reusing dataset built earlier at %s", out)
+                return ds
+            log.warning("dataset at %s changed after it was built; building it again from %s",
+                        out, spec.source)
     from bench.data.builders import build_dataset
     log.info("building dataset %s into %s", spec.builder, out)
     ds = build_dataset(spec.builder, spec.source, out, dict(spec.params))
@@ -56,6 +60,6 @@ def _params_key(spec: DatasetSpec) -> str:
 def _stamp(out: Path, spec: DatasetSpec) -> None:
     from bench.data.format import write_json_atomic
     meta_path = out / META_FILE
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(meta_path)
     meta["builder_params_key"] = _params_key(spec)
     write_json_atomic(meta_path, meta)

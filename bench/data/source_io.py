@@ -63,16 +63,34 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> tuple[list[str],
     return header, rows
 
 
-def copy_image(src: Path, dst: Path) -> None:
+def copy_image(src: Path, dst: Path, *, source: Path, out: Path) -> None:
     """Copy ``src`` to ``dst``, replacing what is there.
 
-    Never a hard link: the copy must not share an inode with the (read-only) source data, which
-    an in-place write to the built dataset would otherwise change (an existing ``dst`` that is a
-    link to ``src``, from an older build, is replaced by a copy too).
+    ``src`` must resolve (symlinks followed) inside the folder ``source`` and ``dst`` inside
+    ``out``: a symlink or a ``..`` leading elsewhere is a DatasetError, so a build never reads
+    nor deletes outside its folders. Never a hard link: the copy must not share an inode with the
+    (read-only) source data, which an in-place write to the built dataset would otherwise change
+    (an existing ``dst`` that is a link to ``src``, from an older build, is replaced by a copy).
     """
+    inside(src, source, "source file", follow=True)
+    inside(dst, out, "output file", follow=False)
+    inside(dst.parent, out, "output folder", follow=True)  # no symlinked folder out of ``out``
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.unlink(missing_ok=True)
     shutil.copyfile(src, dst)
+
+
+def inside(path: Path, folder: Path, what: str, *, follow: bool) -> None:
+    """Raise a DatasetError unless ``path`` lies inside ``folder`` (``follow``: after resolving
+    symlinks; else lexically, ``..`` collapsed)."""
+    import os
+    base = os.path.realpath(folder)
+    target = os.path.realpath(path) if follow else \
+        os.path.join(base, os.path.relpath(os.path.abspath(path), os.path.abspath(folder)))
+    target = os.path.normpath(target)
+    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
+        raise DatasetError(f"{what} leads outside {folder} (to {target}); refusing to "
+                           f"{'read' if what == 'source file' else 'write'} it", file=str(path))
 
 
 def check_out_dir(source: Path, out: Path) -> None:

@@ -109,7 +109,7 @@ def build_sticker_queries(source: str | Path, out: str | Path, *, images: str = 
         image = None
         if image_dir is not None:
             if (image_dir / sid).is_file():
-                copy_image(image_dir / sid, root / "images" / sid)
+                copy_image(image_dir / sid, root / "images" / sid, source=image_dir, out=root)
                 stats["images_copied"] += 1
                 image = f"images/{sid}"
             else:

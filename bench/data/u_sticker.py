@@ -282,7 +282,7 @@ def _copy_sticker(image_dir: Path | None, root: Path, path: str, name: str,
         return None
     for candidate in (image_dir / path.lstrip("/"), image_dir / name):
         if candidate.is_file():
-            copy_image(candidate, root / "images" / name)
+            copy_image(candidate, root / "images" / name, source=image_dir, out=root)
             stats["images_copied"] += 1
             return f"images/{name}"
     stats["missing_images"] += 1

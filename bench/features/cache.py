@@ -107,29 +107,29 @@ class FeatureCache:
 
     def compute(self, key: str, sticker_ids: Sequence[str],
                 fn: Callable[[list[str]], pd.DataFrame], *, chunk_size: int = 256,
-                meta: dict[str, Any] | None = None, progress: str | None = None) -> pd.DataFrame:
+                meta: dict[str, Any] | None = None, progress: str | None = None,
+                rate_unit: str | None = None) -> pd.DataFrame:
         """Return rows for ``sticker_ids``, computing (in chunks, each saved) only the missing ones.
 
         ``fn(ids)`` returns a frame with one row per id (column ``sticker_id`` first). The result
-        is in the order of ``sticker_ids``.
+        is in the order of ``sticker_ids``. ``progress``: the stage's label for
+        :mod:`bench.progress` (None: silent); ``rate_unit``: its rate's unit (``img`` -> img/s).
         """
+        from bench.progress import Progress
         have = self.load(key)
         done = set(have["sticker_id"]) if have is not None else set()
         todo = [s for s in dict.fromkeys(sticker_ids) if s not in done]
         if todo:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(todo), desc=progress or key, unit="sticker",
-                       disable=True if progress is None or os.environ.get("PERSRV_BENCH_QUIET") == "1"
-                       else None)  # None: no bar when stderr is not a terminal
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start:start + chunk_size]
-                rows = fn(chunk)
-                if "sticker_id" not in rows.columns or len(rows) != len(chunk):
-                    raise RuntimeError(f"feature extractor for {key} returned {len(rows)} rows "
-                                       f"for {len(chunk)} stickers")
-                self.write_part(key, rows, meta=meta)
-                bar.update(len(chunk))
-            bar.close()
+            with Progress(len(todo), progress or key, "stickers", rate_unit=rate_unit,
+                          enabled=progress is not None) as bar:
+                for start in range(0, len(todo), chunk_size):
+                    chunk = todo[start:start + chunk_size]
+                    rows = fn(chunk)
+                    if "sticker_id" not in rows.columns or len(rows) != len(chunk):
+                        raise RuntimeError(f"feature extractor for {key} returned {len(rows)} "
+                                           f"rows for {len(chunk)} stickers")
+                    self.write_part(key, rows, meta=meta)
+                    bar.update(len(chunk))
             have = self.load(key)
         assert have is not None or not sticker_ids
         if have is None:

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.features.cache import FeatureCache
-from bench.features.encoders import ENCODERS, embed_stickers, make_encoder
-from bench.features.config import FeaturesConfig, OcrConfig
+from bench.features.config import FeaturesConfig, OcrConfig  # noqa: F401 (re-exported)
+from bench.features.encoders import embed_stickers, make_encoder
 from bench.features.ocr import ocr_stickers
 
 log = logging.getLogger(__name__)
@@ -174,12 +173,12 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
         notes.append("no images (text-only dataset): OCR skipped")
     else:
         if "ocr_text" in stickers.columns:
-            notes.append("the dataset's own ocr_text column was replaced by tesseract OCR")
+            notes.append(f"the dataset's own ocr_text column was replaced by {ocr_cfg.engine} OCR")
         t0 = time.perf_counter()
         res = ocr_stickers(dataset, ocr_cfg, cache, progress=progress)
         stickers["ocr_text"] = res["ocr_text"].to_numpy(dtype=object)
         missing = res.attrs.get("missing", {})
-        report.update(ocr="tesseract", ocr_config=ocr_cfg.cache_params(),
+        report.update(ocr=ocr_cfg.engine, ocr_config=ocr_cfg.cache_params(),
                       ocr_missing=int(sum(missing.values())), ocr_missing_by_reason=missing,
                       ocr_computed=int(res.attrs.get("computed", 0)),
                       ocr_seconds=round(time.perf_counter() - t0, 3))

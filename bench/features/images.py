@@ -6,7 +6,9 @@ Stickers come as PNG (often RGBA), JPEG, static or animated GIF and WebP, and so
 
 Reasons: ``no_image`` (no path), ``missing`` (no such file), ``empty`` (0 bytes), ``video``
 (webm/mp4/... by extension or magic bytes), ``truncated`` (decoder ran out of data),
-``too_large`` (Pillow's decompression-bomb guard), ``unreadable`` (anything else Pillow rejects).
+``too_large`` (a side over :data:`MAX_SIDE` or an area over :data:`MAX_PIXELS`, read from the
+header before anything is decoded, or Pillow's decompression-bomb guard), ``unreadable`` (anything
+else Pillow rejects).
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ BLACK = (0, 0, 0)
 VIDEO_EXTENSIONS = frozenset({".webm", ".mp4", ".m4v", ".mov", ".mkv", ".avi", ".tgs"})
 
 REASONS = ("no_image", "missing", "empty", "video", "truncated", "too_large", "unreadable")
+
+#: Largest image side accepted (px); a larger one is ``too_large`` (checked before decoding).
+MAX_SIDE = 16384
+#: Largest image area accepted (px, per frame and for frames stacked); 64 Mpx = 256 MiB as RGBA.
+MAX_PIXELS = 64 * 2 ** 20
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header announces more pixels than :data:`MAX_SIDE`/:data:`MAX_PIXELS`."""
+
+
+def size_problem(width: int, height: int, n_frames: int = 1) -> str | None:
+    """``"too_large"`` if a ``width x height`` image (``n_frames`` of them stacked) is over the
+    bounds, else None."""
+    if width > MAX_SIDE or height > MAX_SIDE or width * height * max(1, n_frames) > MAX_PIXELS:
+        return "too_large"
+    return None
 
 
 def _is_video(path: Path) -> bool:
@@ -62,7 +81,7 @@ def image_problem(path: str | os.PathLike | None) -> str | None:
 
 
 def _classify(exc: BaseException) -> str:
-    if isinstance(exc, Image.DecompressionBombError):
+    if isinstance(exc, (Image.DecompressionBombError, ImageTooLarge)):
         return "too_large"
     msg = str(exc).lower()
     if "truncated" in msg or "premature end" in msg or "unexpected end" in msg:
@@ -107,9 +126,11 @@ def _pick_frames(n_frames: int, frames: int) -> list[int]:
 
 def _read_frames(p: Path, frames: int) -> list[Image.Image]:
     """Decoded RGBA frames (evenly spaced over the animation, first frame always included)."""
-    with Image.open(p) as im:
+    with Image.open(p) as im:  # reads the header only: the size is known before decoding
         n = int(getattr(im, "n_frames", 1) or 1)
         wanted = set(_pick_frames(n, frames))
+        if size_problem(im.width, im.height, len(wanted)):
+            raise ImageTooLarge(f"{im.width}x{im.height} px x {len(wanted)} frame(s)")
         out = []
         for i, frame in enumerate(ImageSequence.Iterator(im)):
             if i in wanted:

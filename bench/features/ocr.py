@@ -31,6 +31,7 @@ from bench.features.ocr_tesseract import (INSTALL_HINT, OcrUnavailable, ensure_t
                                           ocr_images, parse_tsv, preprocess, tesseract_available,
                                           tesseract_cmd, tesseract_version)
 from bench.features.ocr_text import is_cjk
+from bench.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,12 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
                              "ocr_missing": [r[2] for r in res]})
 
     if cache is None:
-        parts = [fn(ids[i:i + 256]) for i in range(0, len(ids), 256)]
+        parts = []
+        with Progress(len(ids), f"OCR ({config.engine})", "stickers", rate_unit="img",
+                      enabled=progress) as bar:
+            for i in range(0, len(ids), 256):
+                parts.append(fn(ids[i:i + 256]))
+                bar.update(len(parts[-1]))
         out = pd.concat(parts, ignore_index=True) if parts else \
             pd.DataFrame({"sticker_id": [], "ocr_text": [], "ocr_conf": [], "ocr_missing": []})
     else:
@@ -135,7 +141,8 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
         params = {**config.cache_params(), "version": OCR_VERSION}
         key = cache.key(dataset_fingerprint=fp, extractor=OCR_EXTRACTOR, params=params, model=model)
         out = cache.compute(key, ids, fn, chunk_size=config.batch * config.workers,
-                            progress="OCR" if progress else None,
+                            progress=f"OCR ({config.engine})" if progress else None,
+                            rate_unit="img",
                             meta={"dataset_fingerprint": fp, "extractor": OCR_EXTRACTOR,
                                   "params": params, "model": model})
     out["ocr_text"] = out["ocr_text"].fillna("").astype(str)

@@ -6,8 +6,9 @@ Speed (2 cores, 192 px synthetic stickers): the detector's default ``limit_side_
 upscales every small sticker to 736 px (1.6 images/s); reading at the sticker's own size, at
 least ``det_min_side`` px (default 192), gives 14 images/s per process with the same CER on
 rendered captions. The direction classifier is off (stickers are upright). ``workers`` threads
-each keep one engine (onnxruntime releases the GIL while a model runs; threads avoid forking a
-process that may hold torch's OpenMP pool), one onnxruntime thread per engine.
+each borrow one engine from a pool kept between calls (onnxruntime releases the GIL while a model
+runs; threads avoid forking a process that may hold torch's OpenMP pool), one onnxruntime thread
+per engine. Very thin images are padded to :data:`MAX_ASPECT` first (memory bound).
 
 Transparency: a sticker is flattened onto white; if that reads nothing and the sticker has
 transparent pixels, it is read again flattened onto black (white text on a transparent
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -29,7 +32,9 @@ from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
 
 log = logging.getLogger(__name__)
 
-_LOCAL = threading.local()  # one engine per thread
+#: Idle engines by ``det_min_side``; a thread borrows one, so no engine runs in two threads.
+_POOL: dict[int, "queue.SimpleQueue[Any]"] = {}
+_POOL_LOCK = threading.Lock()
 
 
 def paddle_version() -> str:
@@ -44,17 +49,26 @@ def paddle_version() -> str:
                              "tesseract, or turn OCR off (features: {ocr: false})") from None
 
 
-def _engine(config: OcrConfig):
-    key = config.det_min_side
-    engines = getattr(_LOCAL, "engines", None)
-    if engines is None:
-        engines = _LOCAL.engines = {}
-    if key not in engines:
-        from rapidocr_onnxruntime import RapidOCR
-        engines[key] = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
-                                print_verbose=False, det_limit_side_len=config.det_min_side,
-                                det_limit_type="min")
-    return engines[key]
+def _new_engine(det_min_side: int):
+    from rapidocr_onnxruntime import RapidOCR
+    return RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
+                    print_verbose=False, det_limit_side_len=det_min_side, det_limit_type="min")
+
+
+@contextmanager
+def _borrowed_engine(config: OcrConfig) -> Iterator[Any]:
+    """An engine used by this thread alone until the block ends, then kept for the next call
+    (loading one takes ~0.4 s; a fresh thread pool per cache chunk would reload them)."""
+    with _POOL_LOCK:
+        idle = _POOL.setdefault(config.det_min_side, queue.SimpleQueue())
+    try:
+        engine = idle.get_nowait()
+    except queue.Empty:
+        engine = _new_engine(config.det_min_side)
+    try:
+        yield engine
+    finally:
+        idle.put(engine)
 
 
 def _read(engine, rgb: np.ndarray) -> tuple[str, float]:
@@ -68,16 +82,36 @@ def _read(engine, rgb: np.ndarray) -> tuple[str, float]:
     return " ".join(words), conf
 
 
+#: Widest aspect ratio read as is: the engine scales the *short* side up (to 30 px, then to
+#: ``det_min_side``), so a 16384 x 1 strip would become a 3-Gpx array; thinner images are padded
+#: (transparent) to this ratio first.
+MAX_ASPECT = 32
+
+
+def _bounded_aspect(rgba):
+    """Pad an RGBA image so that its long side is at most :data:`MAX_ASPECT` x the short one."""
+    from PIL import Image
+    w, h = rgba.size
+    if max(w, h) <= MAX_ASPECT * min(w, h):
+        return rgba
+    side = -(-max(w, h) // MAX_ASPECT)
+    size = (w, side) if w > h else (side, h)
+    canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+    canvas.paste(rgba, ((size[0] - w) // 2, (size[1] - h) // 2))
+    return canvas
+
+
 def _read_one(path: str | None, config: OcrConfig) -> tuple[str, float, str]:
     rgba, reason = load_rgba_checked(path, frames=config.frames)
     if rgba is None:
         return "", 0.0, reason or "unreadable"
-    engine = _engine(config)
+    rgba = _bounded_aspect(rgba)
     try:
-        text, conf = _read(engine, np.asarray(flatten(rgba, WHITE).convert("RGB")))
-        alpha = np.asarray(rgba.getchannel("A"))
-        if not text and (alpha < 250).mean() >= 0.01:
-            text, conf = _read(engine, np.asarray(flatten(rgba, BLACK).convert("RGB")))
+        with _borrowed_engine(config) as engine:
+            text, conf = _read(engine, np.asarray(flatten(rgba, WHITE).convert("RGB")))
+            alpha = np.asarray(rgba.getchannel("A"))
+            if not text and (alpha < 250).mean() >= 0.01:
+                text, conf = _read(engine, np.asarray(flatten(rgba, BLACK).convert("RGB")))
     except Exception as exc:  # a model error on one image must not stop the run
         log.warning("paddle OCR failed on %s: %s", path, exc)
         return "", 0.0, "ocr_failed"

@@ -1,7 +1,5 @@
 """The tesseract OCR engine: the CLI over list files of pre-processed images, in parallel.
 
-OCR of sticker captions with tesseract, cached and parallel (DESIGN §9).
-
 Speed: pytesseract costs ~0.3 s per call (a process and a model load each time), so we call the
 tesseract CLI directly, once per *list file* of many pre-processed images (one model load per
 batch), with ``OMP_THREAD_LIMIT=1`` (Debian's build links OpenMP and oversubscribes otherwise), in
@@ -46,27 +44,20 @@ import logging
 import os
 import subprocess
 import tempfile
-import time
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.errors import BenchError
 from bench.features.config import OcrConfig
+from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
 from bench.features.ocr_text import is_cjk
-from bench.features.images import BLACK, WHITE, count_reasons, flatten, load_rgba_checked
 
 log = logging.getLogger(__name__)
 
-OCR_EXTRACTOR = "ocr"
-#: Bump when pre-processing or text assembly changes (part of the cache key).
-OCR_VERSION = 1
 INSTALL_HINT = ("install it: apt-get install tesseract-ocr tesseract-ocr-chi-sim "
                 "(macOS: brew install tesseract tesseract-lang; conda: conda install -c "
                 "conda-forge tesseract), or set pytesseract.pytesseract.tesseract_cmd to the "

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from bench.errors import ConfigError
+from bench.features.images import ImageTooLarge, size_problem
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -43,6 +44,9 @@ class StyleStatsEncoder:
 
     name = "style-stats"
     needs_alpha = True
+    #: Longest side padded as is; a longer image is shrunk to it first (a 16384 x 1 strip would
+    #: otherwise pad a 16384^2 canvas, 1 GiB).
+    PAD_LIMIT = 2048
     VERSION = 1
     BLOCK_DIMS = {"alpha": 8, "border": 3, "soft": 1, "gradient": 8, "texture": 6,
                   "saturation": 8, "value": 8, "hue": 24, "lbp": 40, "palette": 5}
@@ -77,6 +81,12 @@ class StyleStatsEncoder:
         """RGBA float32 (size, size, 4) in [0, 1]: padded to a square (transparent), resized."""
         img = image if image.mode == "RGBA" else image.convert("RGBA")
         w, h = img.size
+        if size_problem(w, h):
+            raise ImageTooLarge(f"style-stats: a {w}x{h} px image is over the size bounds")
+        if max(w, h) > self.PAD_LIMIT:  # shrink before padding: the square canvas stays bounded
+            ratio = self.PAD_LIMIT / max(w, h)
+            w, h = max(1, round(w * ratio)), max(1, round(h * ratio))
+            img = img.resize((w, h), Image.Resampling.BOX)
         if w != h:
             side = max(w, h)
             canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))

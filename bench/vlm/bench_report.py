@@ -43,7 +43,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"| {r['batch_size']} | {r['step_time_s_median']:.3f} | "
                      f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['model_flops_per_s'] / 1e12:.1f} | {mfu} | "
+                     f"{r['model_flops_per_s'] / 1e12:.3g} | {mfu} | "
                      f"{r['peak_memory_gib']:.1f} |")
     d = result["describe"]
     lines += ["", f"Peak memory: {result['train'][0].get('memory_kind', 'n/a')}.", ""]

@@ -1,0 +1,122 @@
+"""Regenerate the README's result tables from fresh runs (the README's numbers are never typed).
+
+    python benchmarks/readme_tables.py                 # every table (several minutes on 2 cores)
+    python benchmarks/readme_tables.py quickstart      # only the named blocks
+    python benchmarks/readme_tables.py --check         # exit 1 if the README differs from a fresh run
+
+Each table lives in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; this
+script reruns the job behind it (``JOBS``), renders the metric columns (no timings: those vary
+from machine to machine and are printed on the line below the table instead) and rewrites the
+block in place. ``tests/test_readme.py`` checks that the quickstart block equals a fresh run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+#: block name -> (experiment config, extra overrides, seeds or None)
+JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
+    "quickstart": ("experiments/quickstart.yaml", [], None),
+    "quickstart-seeds": ("experiments/quickstart.yaml", [], [0, 1, 2]),
+    "loqo": ("experiments/sticker_queries_loqo.yaml", [], [0, 1, 2, 3, 4]),
+}
+
+BLOCK_RE = r"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)"
+
+
+def metric_table(table, ks: list[int]) -> str:
+    """Markdown of the metric columns of a results table (M-MRR@k for every k, the other
+    metrics at the largest k, then the segment columns of M-MRR at the largest k)."""
+    from bench.metrics import metric_name
+    kmax = max(ks)
+    cols = [metric_name("m_mrr", k) for k in ks] + \
+        [metric_name(m, kmax) for m in ("mrr", "recall", "ndcg")]
+    segs = [c for c in table.columns if c.startswith(f"m_mrr_at_{kmax}__")]
+    counts = {c: table.get(f"n__{c.split('__', 1)[1]}") for c in segs}
+    head = ["retriever", *cols]
+    for c in segs:
+        n = counts[c]
+        n = int(n.dropna().iloc[0]) if n is not None and n.notna().any() else None
+        head.append(f"{c.split('__', 1)[1]}{f' (n={n})' if n is not None else ''}")
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for _, row in table.iterrows():
+        if row.get("status", "ok") != "ok":
+            lines.append(f"| {row['retriever']} | " + " | ".join(["failed"] * (len(head) - 1))
+                         + " |")
+            continue
+        cells = [f"{row[c]:.4f}" for c in cols] + \
+            ["" if row.get(c) != row.get(c) else f"{row[c]:.4f}" for c in segs]
+        lines.append(f"| {row['retriever']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_job(name: str, workdir: Path) -> str:
+    """Run one job with tracking off in ``workdir``; return its README block body."""
+    from bench.config import load_config
+    from bench.experiment import run_experiment
+    config, overrides, seeds = JOBS[name]
+    cfg = load_config(ROOT / config, overrides + ["report=false", "tracking.enabled=false"])
+    t0 = time.perf_counter()
+    quiet = lambda *_: None  # noqa: E731
+    if seeds:
+        from bench.experiment_seeds import format_seeds_table, run_seeds
+        group = run_seeds(cfg, seeds, output_dir=workdir, echo=quiet)
+        body = format_seeds_table(group.table, cfg.ks, seeds)
+        what = f"mean ± sd over seeds {', '.join(map(str, seeds))}"
+    else:
+        outcome = run_experiment(cfg, output_dir=workdir, echo=quiet)
+        body = metric_table(outcome.table, cfg.ks)
+        what = f"seed {cfg.seed}"
+    seconds = time.perf_counter() - t0
+    return (f"{body}\n\n`persrv-bench run {config}`"
+            f"{' --seeds ' + ' '.join(map(str, seeds)) if seeds else ''} ({what}; "
+            f"{seconds:.0f} s wall on this machine, features cached or not as they were).\n")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(BLOCK_RE.format(name=re.escape(name)), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no block <!-- table:{name} --> ... <!-- /table:{name} -->")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(3), text)
+
+
+def read_block(text: str, name: str) -> str | None:
+    match = re.search(BLOCK_RE.format(name=re.escape(name)), text, re.S)
+    return match.group(2) if match else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"blocks to regenerate (default: {list(JOBS)})")
+    parser.add_argument("--check", action="store_true",
+                        help="compare the tables (not the timing line) instead of writing")
+    args = parser.parse_args(argv)
+    names = args.names or list(JOBS)
+    text = README.read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="persrv-readme-") as tmp:
+        for name in names:
+            print(f"running {name} ...", file=sys.stderr)
+            body = run_job(name, Path(tmp) / name)
+            if args.check:
+                old = (read_block(text, name) or "").split("\n\n`persrv-bench")[0]
+                if old.strip() != body.split("\n\n`persrv-bench")[0].strip():
+                    print(f"README block {name!r} differs from a fresh run:\n{body}")
+                    return 1
+            else:
+                text = replace_block(text, name, body)
+    if not args.check:
+        README.write_text(text, encoding="utf-8")
+        print(f"rewrote {', '.join(names)} in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The paddle OCR engine (bench/features/ocr_paddle.py: PP-OCRv4 from the rapidocr-onnxruntime
+wheel), its cache key, and the engine dispatch in bench/features/ocr.py.
+
+Captions are rendered here (DejaVu Sans Bold for English, Noto Sans CJK for Chinese). CER bound
+0.1: on such clean captions the engine reads 5 of 6 exactly (it glues "thank you" to "thankyou",
+CER 0.11 on that one), so a broken pre-processing step (no flattening, wrong colour order, a lost
+caption) fails it while an engine update that misplaces a space does not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from bench.features import ocr_paddle
+from bench.features.cache import FeatureCache
+from bench.features.ocr import (OcrConfig, OcrUnavailable, character_error_rate, ocr_accuracy,
+                                ocr_stickers, tesseract_available)
+from bench.features.ocr_paddle import paddle_images
+
+pytest.importorskip("rapidocr_onnxruntime")
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+EN_CAPTIONS = ["good morning", "thank you", "see you later", "happy birthday", "LOL no way",
+               "why not"]
+ZH_CAPTIONS = ["早上好", "谢谢你", "生日快乐", "晚安"]
+
+
+def _cjk_font() -> Path | None:
+    try:
+        out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    files = sorted(line.split(":")[0].strip() for line in out.splitlines() if line.strip())
+    sans = [f for f in files if "Sans" in f] or files
+    return Path(sans[0]) if sans else None
+
+
+CJK_FONT = _cjk_font()
+
+
+def render(path: Path, text: str, font_path: Path | None, size: int = 24,
+           transparent: bool = False) -> Path:
+    font = (ImageFont.truetype(str(font_path), size) if font_path and font_path.exists()
+            else ImageFont.load_default(size))
+    img = Image.new("RGBA", (240, 110), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    w = draw.textlength(text, font=font)
+    draw.text(((240 - w) / 2, 40), text, font=font,
+              fill=(255, 255, 255, 255) if transparent else (0, 0, 0, 255))
+    img.save(path)
+    return path
+
+
+def test_reads_english_captions_and_white_on_transparent(tmp_path):
+    paths = [render(tmp_path / f"en{i}.png", c, DEJAVU) for i, c in enumerate(EN_CAPTIONS)]
+    paths.append(render(tmp_path / "white.png", "white text", DEJAVU, transparent=True))
+    res = paddle_images(paths, OcrConfig(workers=2))
+    assert [r[2] for r in res] == [""] * len(paths)
+    cers = [character_error_rate(r[0], c) for r, c in zip(res, EN_CAPTIONS + ["white text"])]
+    assert np.mean(cers) < 0.1, [r[0] for r in res]
+    assert character_error_rate(res[-1][0], "white text") < 0.1  # read again on black
+    assert all(0 < r[1] <= 100 for r in res)
+
+
+@pytest.mark.skipif(CJK_FONT is None, reason="no Chinese font (fc-list :lang=zh is empty)")
+def test_reads_chinese_captions(tmp_path):
+    paths = [render(tmp_path / f"zh{i}.png", c, CJK_FONT, size=30)
+             for i, c in enumerate(ZH_CAPTIONS)]
+    res = paddle_images(paths, OcrConfig(workers=1))
+    cers = [character_error_rate(r[0], c) for r, c in zip(res, ZH_CAPTIONS)]
+    assert np.mean(cers) < 0.1, [r[0] for r in res]
+
+
+def test_unreadable_images_get_their_reason(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("L", (60000, 1), 255).save(tmp_path / "strip.png")  # a few hundred bytes
+    res = paddle_images([tmp_path / "nope.png", tmp_path / "empty.png", None,
+                         tmp_path / "strip.png"], OcrConfig(workers=2))
+    assert res == [("", 0.0, "missing"), ("", 0.0, "empty"), ("", 0.0, "no_image"),
+                   ("", 0.0, "too_large")]
+
+
+def test_thin_image_within_bounds_is_read_without_blowing_up(tmp_path):
+    Image.new("L", (16000, 2), 255).save(tmp_path / "thin.png")
+    assert paddle_images([tmp_path / "thin.png"]) == [("", 0.0, "")]
+
+
+def _dataset(root: Path, n: int = 3):
+    from bench.data.format import write_dataset
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        render(root / "img" / f"{i}.png", EN_CAPTIONS[i], DEJAVU)
+        rows.append({"sticker_id": f"s{i}", "image": f"img/{i}.png",
+                     "gt_caption": EN_CAPTIONS[i]})
+    inter = pd.DataFrame({"user_id": ["u"], "query": ["hi"], "sticker_id": ["s0"], "ts": [1]})
+    return write_dataset(root, pd.DataFrame(rows), inter, {"name": "paddle-test"})
+
+
+def test_engine_and_det_min_side_are_in_the_cache_key(tmp_path):
+    ds = _dataset(tmp_path / "ds")
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = OcrConfig(workers=1)
+    first = ocr_stickers(ds, cfg, cache, progress=False)
+    assert first.attrs["computed"] == 3
+    assert ocr_accuracy(ds, ocr=first)["cer_mean"] < 0.1
+    # tesseract-only fields and workers do not change paddle's key: no work
+    for update in ({"psm": 6}, {"lang": "chi_sim"}, {"min_conf": 10.0}, {"workers": 2}):
+        again = ocr_stickers(ds, cfg.model_copy(update=update), cache, progress=False)
+        assert again.attrs["computed"] == 0, update
+        pd.testing.assert_frame_equal(again, first)
+    # det_min_side does
+    assert ocr_stickers(ds, cfg.model_copy(update={"det_min_side": 256}), cache,
+                        progress=False).attrs["computed"] == 3
+    assert OcrConfig(engine="tesseract").cache_params()["engine"] == "tesseract"
+    assert "det_min_side" in cfg.cache_params() and "psm" not in cfg.cache_params()
+    if tesseract_available():  # and so does the engine
+        tess = ocr_stickers(ds, cfg.model_copy(update={"engine": "tesseract"}), cache,
+                            progress=False)
+        assert tess.attrs["computed"] == 3
+    entries = sorted(d.name for d in cache.root.iterdir() if d.is_dir())
+    assert len(entries) == (3 if tesseract_available() else 2)
+
+
+def test_missing_tesseract_is_a_one_line_error_naming_the_package(tmp_path, monkeypatch):
+    import pytesseract
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    ds = _dataset(tmp_path / "ds", n=1)
+    with pytest.raises(OcrUnavailable, match="apt-get install tesseract-ocr"):
+        ocr_stickers(ds, OcrConfig(engine="tesseract"), None, progress=False)
+    # the default engine does not need it
+    assert ocr_stickers(ds, OcrConfig(), None, progress=False)["ocr_missing"].tolist() == [""]
+
+
+def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
+    made = []
+    real = ocr_paddle._new_engine
+
+    def counting(side):
+        made.append(side)
+        return real(side)
+
+    monkeypatch.setattr(ocr_paddle, "_new_engine", counting)
+    monkeypatch.setattr(ocr_paddle, "_POOL", {})
+    path = render(tmp_path / "a.png", "hello", DEJAVU)
+    for _ in range(3):
+        paddle_images([path, path], OcrConfig(workers=2, det_min_side=160))
+    assert 1 <= len(made) <= 2 and set(made) == {160}  # at most one per concurrent thread

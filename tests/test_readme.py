@@ -1,0 +1,40 @@
+"""The README's numbers come from a command: its quickstart table equals a fresh run's, and every
+file the README cites ships."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_cites_only_files_that_ship():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "DESIGN §" not in text, "cite docs/ARCHITECTURE.md, which ships, not DESIGN.md"
+    cited = set(re.findall(r"`((?:docs|experiments|sweeps|benchmarks|bench|baselines)/[\w./-]+)`",
+                           text))
+    assert cited, "the README cites no project file"
+    missing = sorted(c for c in cited if not (ROOT / c).exists())
+    assert not missing, f"README cites files that do not exist: {missing}"
+
+
+def test_readme_has_the_generated_blocks():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_tables
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in readme_tables.JOBS:
+        block = readme_tables.read_block(text, name)
+        assert block and "| retriever |" in block, name
+
+
+@pytest.mark.slow
+def test_readme_quickstart_table_equals_a_fresh_run(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"),
+                          "--check", "quickstart"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -177,6 +176,9 @@ def _style_names(src: Path, styles: str) -> list[str]:
     if not names:
         raise DatasetError("no style folders found", file=str(src / "images"))
     for name in names:
+        if name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"styles: {name[:80]!r} is not a style folder name (no '/', '\\' "
+                              "or '..')")
         if not (src / "images" / name).is_dir():
             raise DatasetError("style folder is missing", file=str(src / "images" / name))
     return names

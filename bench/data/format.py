@@ -247,7 +247,8 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     ``on_invalid="skip"`` drops clicks on unknown stickers and clicks with empty queries, and
     clears ``image`` paths that leave the directory, counting them in ``Dataset.skipped`` (and in
     the warning it logs); anything structural always raises. The files are checked against
-    ``dataset.json`` (:func:`bench.data.integrity.verify_files`): a stale fingerprint is replaced by the content's.
+    ``dataset.json`` (:func:`bench.data.integrity.verify_files`): a stale fingerprint is
+    replaced by the content's.
     """
     root = Path(path)
     if not root.is_dir():

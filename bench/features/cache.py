@@ -84,7 +84,17 @@ class FeatureCache:
         return df.drop_duplicates("sticker_id", keep="last").reset_index(drop=True)
 
     def write_part(self, key: str, rows: pd.DataFrame, meta: dict[str, Any] | None = None) -> Path:
-        """Atomically add a part (rows with a ``sticker_id`` column) to an entry."""
+        """Atomically add a part (rows with a ``sticker_id`` column) to an entry. A cache that
+        cannot be written (read-only, disk full) is a one-line BenchError naming the folder."""
+        try:
+            return self._write_part(key, rows, meta)
+        except OSError as exc:
+            from bench.errors import BenchError
+            raise BenchError(f"feature cache {self.entry_dir(key)} cannot be written "
+                             f"({exc.strerror or exc}) and lacks this feature ({key}): make it "
+                             f"writable, free space, or set {CACHE_ENV} to another folder") from None
+
+    def _write_part(self, key: str, rows: pd.DataFrame, meta: dict[str, Any] | None) -> Path:
         d = self.entry_dir(key)
         d.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (d / "meta.json").exists():

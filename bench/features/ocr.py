@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from bench.features.images import count_reasons
 from bench.features.ocr_tesseract import (INSTALL_HINT, OcrUnavailable, ensure_tesseract,
                                           ocr_images, parse_tsv, preprocess, tesseract_available,
                                           tesseract_cmd, tesseract_version)
-from bench.features.ocr_text import is_cjk
+from bench.features.ocr_text import character_error_rate, is_cjk, levenshtein, normalise_text
 from bench.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,8 @@ OCR_VERSION = 1
 
 __all__ = ["INSTALL_HINT", "OcrConfig", "OcrUnavailable", "ocr_images", "ocr_stickers",
            "parse_tsv", "preprocess", "tesseract_available", "tesseract_cmd", "tesseract_version",
-           "engine_images", "ocr_accuracy", "character_error_rate", "normalise_text"]
+           "engine_images", "ocr_accuracy", "ocr_report_lines", "caption_language",
+           "character_error_rate", "levenshtein", "normalise_text", "is_cjk"]
 
 
 def engine_images(paths, config: OcrConfig) -> list[tuple[str, float, str]]:
@@ -100,7 +100,9 @@ def stickers_fingerprint(stickers: pd.DataFrame, root: Path | None) -> str:
 def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, *,
                  root: str | os.PathLike | None = None, dataset_fingerprint: str | None = None,
                  progress: bool = True) -> pd.DataFrame:
-    """OCR every sticker: a frame ``sticker_id, ocr_text, ocr_conf, ocr_missing`` in row order.
+    """OCR every sticker: a frame ``sticker_id, ocr_text, ocr_conf, ocr_missing, ocr_seconds``
+    in row order (``ocr_seconds``: wall seconds per image of the chunk that read it, kept in the
+    cache, so a warm run still reports the engine's speed; NaN for rows cached without it).
 
     ``data``: a :class:`bench.data.format.Dataset`, or a stickers frame with ``root`` (the
     directory image paths are relative to; ``(stickers, root)`` works too). ``cache``: a
@@ -120,11 +122,14 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
 
     def fn(chunk: list[str]) -> pd.DataFrame:
         nonlocal computed
+        t_chunk = time.perf_counter()
         res = engine_images([path_of[s] for s in chunk], config)
+        per_image = (time.perf_counter() - t_chunk) / max(1, len(chunk))
         computed += len(chunk)
         return pd.DataFrame({"sticker_id": chunk, "ocr_text": [r[0] for r in res],
                              "ocr_conf": np.array([r[1] for r in res], dtype=np.float32),
-                             "ocr_missing": [r[2] for r in res]})
+                             "ocr_missing": [r[2] for r in res],
+                             "ocr_seconds": np.full(len(chunk), per_image, dtype=np.float32)})
 
     if cache is None:
         parts = []
@@ -134,7 +139,8 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
                 parts.append(fn(ids[i:i + 256]))
                 bar.update(len(parts[-1]))
         out = pd.concat(parts, ignore_index=True) if parts else \
-            pd.DataFrame({"sticker_id": [], "ocr_text": [], "ocr_conf": [], "ocr_missing": []})
+            pd.DataFrame({"sticker_id": [], "ocr_text": [], "ocr_conf": [], "ocr_missing": [],
+                          "ocr_seconds": []})
     else:
         if fp is None:
             fp = stickers_fingerprint(stickers, root_path)
@@ -147,6 +153,8 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
                                   "params": params, "model": model})
     out["ocr_text"] = out["ocr_text"].fillna("").astype(str)
     out["ocr_missing"] = out["ocr_missing"].fillna("").astype(str)
+    if "ocr_seconds" not in out:  # parts cached before the timing column existed
+        out["ocr_seconds"] = np.float32(np.nan)
     missing = count_reasons(out["ocr_missing"])
     if missing:
         log.warning("OCR: %d of %d stickers have no readable image (%s); their ocr_text is empty",
@@ -157,47 +165,16 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
 
 
 # ------------------------------------------------------------------------------------ accuracy
-
-def normalise_text(text: str) -> str:
-    """NFKC, lower case, whitespace collapsed to one space, no space next to a CJK character."""
-    t = unicodedata.normalize("NFKC", str(text or "")).lower()
-    t = " ".join(t.split())
-    chars = list(t)
-    kept = [c for i, c in enumerate(chars)
-            if not (c == " " and ((i > 0 and is_cjk(chars[i - 1]))
-                                  or (i + 1 < len(chars) and is_cjk(chars[i + 1]))))]
-    return "".join(kept)
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def character_error_rate(pred: str, truth: str) -> float:
-    """Levenshtein(pred, truth) / len(truth) after :func:`normalise_text` (empty truth: 0 or 1)."""
-    p, t = normalise_text(pred), normalise_text(truth)
-    if not t:
-        return 0.0 if not p else 1.0
-    return levenshtein(p, t) / len(t)
-
-
 def ocr_accuracy(dataset: Any, config: OcrConfig | None = None, cache: Any = None, *,
-                 truth_column: str = "gt_caption", ocr: pd.DataFrame | None = None
-                 ) -> dict[str, Any]:
+                 truth_column: str = "gt_caption", ocr: pd.DataFrame | None = None,
+                 language: str | None = None) -> dict[str, Any]:
     """CER of OCR against a ground-truth caption column (synthetic datasets).
 
-    Over stickers with a non-empty caption: ``cer_mean`` (per sticker), ``cer_micro`` (all edits /
-    all truth characters), ``cer_median``, ``exact`` (fraction read exactly), ``n``, ``missing``.
-    ``ocr``: an already computed :func:`ocr_stickers` frame (else it is computed).
+    Over stickers with a non-empty caption (``language`` "zh": captions with a CJK character,
+    "en": the others, None: all): ``cer_mean`` (per sticker), ``cer_micro`` (all edits / all
+    truth characters), ``cer_median``, ``exact`` (fraction read exactly), ``n``, ``missing``,
+    ``seconds_per_image`` (mean of the rows' ``ocr_seconds``; NaN if unknown). ``ocr``: an
+    already computed :func:`ocr_stickers` frame (else it is computed).
     """
     stickers = dataset.stickers
     if truth_column not in stickers.columns:
@@ -205,24 +182,51 @@ def ocr_accuracy(dataset: Any, config: OcrConfig | None = None, cache: Any = Non
                          "(OCR accuracy needs ground-truth captions, e.g. a synthetic dataset)")
     if ocr is None:
         ocr = ocr_stickers(dataset, config, cache, progress=False)
-    pred = dict(zip(ocr["sticker_id"].astype(str), ocr["ocr_text"]))
-    missing = dict(zip(ocr["sticker_id"].astype(str), ocr.get("ocr_missing", [""] * len(ocr))))
-    cers, edits, chars, exact, n_missing = [], 0, 0, 0, 0
+    by_id = ocr.set_index(ocr["sticker_id"].astype(str))
+    cers, edits, chars, exact, n_missing, seconds = [], 0, 0, 0, 0, []
     for sid, truth in zip(stickers["sticker_id"].astype(str), stickers[truth_column]):
         t = normalise_text(truth if isinstance(truth, str) else "")
-        if not t:
+        if not t or (language is not None and caption_language(t) != language):
             continue
-        p = normalise_text(pred.get(sid, ""))
-        d = levenshtein(p, t)
+        row = by_id.loc[sid] if sid in by_id.index else None
+        d = levenshtein(normalise_text(row["ocr_text"] if row is not None else ""), t)
         cers.append(d / len(t))
         edits += d
         chars += len(t)
         exact += int(d == 0)
-        n_missing += int(bool(missing.get(sid)))
+        n_missing += int(row is None or bool(row.get("ocr_missing", "")))
+        if row is not None and pd.notna(row.get("ocr_seconds", np.nan)):
+            seconds.append(float(row["ocr_seconds"]))
+    spi = float(np.mean(seconds)) if seconds else float("nan")
     if not cers:
         return {"n": 0, "cer_mean": float("nan"), "cer_micro": float("nan"),
-                "cer_median": float("nan"), "exact": float("nan"), "missing": n_missing}
+                "cer_median": float("nan"), "exact": float("nan"), "missing": n_missing,
+                "seconds_per_image": spi}
     return {"n": len(cers), "cer_mean": float(np.mean(cers)), "cer_micro": edits / chars,
             "cer_median": float(np.median(cers)), "exact": exact / len(cers),
-            "missing": n_missing}
+            "missing": n_missing, "seconds_per_image": spi}
 
+
+def caption_language(text: str) -> str:
+    """"zh" if the text has a CJK character, else "en"."""
+    return "zh" if any(is_cjk(c) for c in text) else "en"
+
+
+def ocr_report_lines(dataset: Any, config: OcrConfig, ocr: pd.DataFrame,
+                     truth_column: str = "gt_caption") -> list[str]:
+    """One line per caption language present, e.g.
+    ``OCR (paddle): CER 0.004, 98% exact, 0.048 s/image (200 stickers)``; with English and
+    Chinese captions, ``OCR (paddle), English: ...`` and ``OCR (paddle), Chinese: ...``."""
+    captions = [normalise_text(c) for c in dataset.stickers[truth_column] if isinstance(c, str)]
+    present = [lang for lang in ("en", "zh")
+               if any(c and caption_language(c) == lang for c in captions)]
+    names = {"en": "English", "zh": "Chinese"}
+    lines = []
+    for lang in present:
+        acc = ocr_accuracy(dataset, truth_column=truth_column, ocr=ocr, language=lang)
+        label = f"OCR ({config.engine})" + (f", {names[lang]}" if len(present) > 1 else "")
+        spi = acc["seconds_per_image"]
+        speed = f"{spi:.3f} s/image" if np.isfinite(spi) else "s/image unknown (cached earlier)"
+        lines.append(f"{label}: CER {acc['cer_mean']:.3f}, {acc['exact']:.0%} exact, {speed} "
+                     f"({acc['n']} stickers)")
+    return lines

@@ -34,7 +34,9 @@ def _write_tables(rf: RunFolder, stats: Stats, seg: pd.DataFrame, out: Path) -> 
     titles = [pretty(c) for c in cols]
     cells = stat_cells(stats)
     table = markdown_grid(cells, rf.labels, cols, titles, {base: f"{base} (baseline)"})
-    (out / "summary.md").write_text(f"{table}\n\n{legend(stats, n_users)}\n", encoding="utf-8")
+    warning = f"**{rf.incomplete}**\n\n" if rf.incomplete else ""
+    (out / "summary.md").write_text(f"{warning}{table}\n\n{legend(stats, n_users)}\n",
+                                    encoding="utf-8")
     wide_summary(stats, rf.names).to_csv(out / "summary.csv", index=False)
     stats.significance.to_csv(out / "significance.csv", index=False)
     seg.to_csv(out / "segments.csv", index=False)
@@ -136,6 +138,7 @@ def report_folder(folder: str | Path, baseline: str | None = None, out: str | Pa
     n_users = int(stats.summary["n_users"].max())
     n_requests = len(next(iter(rf.per_request.values())))
     md = [f"# Report: {rf.name} on {rf.dataset}", ""]
+    md += [f"**{rf.incomplete}**", ""] if rf.incomplete else []
     md += [*rf.notes, ""] if rf.notes else []
     md += [f"{n_users} users, {n_requests} requests; baseline `{base}`."
            + (f" No results (failed): {', '.join(rf.failed)}." if rf.failed else ""), "",

@@ -35,6 +35,8 @@ class RunFolder:
     segments: pd.DataFrame | None
     history: pd.DataFrame | None
     notes: list[str]
+    #: "incomplete: N of M retrievers (...)" when status.json says the run did not complete
+    incomplete: str = ""
 
 
 def _retriever_order(path: Path, config: dict) -> tuple[list[str], dict[str, str]]:
@@ -87,7 +89,21 @@ def load_folder(folder: str | Path) -> RunFolder:
     return RunFolder(path, config, str(config.get("name") or path.name), str(dataset),
                      list(per_request), {lb: names.get(lb, lb) for lb in per_request},
                      per_request, failed, ks, read("segments.parquet"),
-                     read("history_sample.parquet"), notes)
+                     read("history_sample.parquet"), notes,
+                     incomplete_line(path, len(per_request), len(order)))
+
+
+def incomplete_line(path: Path, done: int, total: int) -> str:
+    """The status.json line of a run that did not complete (killed, failed, still running)."""
+    import json
+    try:
+        state = json.loads((path / "status.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if state in (None, "complete") or (state == "running" and done == total):
+        return ""  # a finished run whose report is written before the status is set
+    return (f"incomplete: {done} of {total} retrievers have results (status.json: {state})"
+            if done < total else f"status.json: {state} (all {total} retrievers have results)")
 
 
 def resolve_metrics(rf: RunFolder, metrics=None) -> list[str]:

@@ -148,3 +148,16 @@ class Retriever(Protocol):
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+_MOVED_TO_REGISTRY = frozenset({"register", "registry", "make_retriever", "get_retriever_class",
+                                "param_specs", "get_params", "describe_retriever"})
+
+
+def __getattr__(name: str) -> Any:
+    """Compatibility for plugins written before the registry got its own module:
+    ``from bench.retrieval import register`` still works (use :mod:`bench.registry`)."""
+    if name in _MOVED_TO_REGISTRY:
+        import bench.registry
+        return getattr(bench.registry, name)
+    raise AttributeError(f"module 'bench.retrieval' has no attribute {name!r}")

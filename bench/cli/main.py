@@ -217,11 +217,11 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
     fcfg = features_config(cfg.features)
     if "gt_caption" in ds.stickers.columns and fcfg.ocr and ds.stickers["image"].notna().any():
         from bench.features.cache import FeatureCache
-        from bench.features.ocr import ocr_accuracy
-        acc = ocr_accuracy(ds, fcfg.ocr_config(ds.meta.get("languages")),
-                           FeatureCache(fcfg.cache_dir))  # cached: no second OCR pass
-        click.echo(f"  OCR accuracy on rendered captions: mean CER {acc['cer_mean']:.3f}, "
-                   f"{acc['exact']:.0%} read exactly ({acc['n']} stickers)")
+        from bench.features.ocr import ocr_report_lines, ocr_stickers
+        ocr_cfg = fcfg.ocr_config(ds.meta.get("languages"))
+        ocr = ocr_stickers(ds, ocr_cfg, FeatureCache(fcfg.cache_dir), progress=False)  # cached
+        for line in ocr_report_lines(ds, ocr_cfg, ocr):  # CER against the rendered captions
+            click.echo(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -182,21 +182,23 @@ def ocr_accuracy(dataset: Any, config: OcrConfig | None = None, cache: Any = Non
                          "(OCR accuracy needs ground-truth captions, e.g. a synthetic dataset)")
     if ocr is None:
         ocr = ocr_stickers(dataset, config, cache, progress=False)
-    by_id = ocr.set_index(ocr["sticker_id"].astype(str))
+    ids = ocr["sticker_id"].astype(str)
+    text = dict(zip(ids, ocr["ocr_text"]))
+    missing = dict(zip(ids, ocr["ocr_missing"] if "ocr_missing" in ocr else [""] * len(ocr)))
+    secs = dict(zip(ids, ocr["ocr_seconds"] if "ocr_seconds" in ocr else [np.nan] * len(ocr)))
     cers, edits, chars, exact, n_missing, seconds = [], 0, 0, 0, 0, []
     for sid, truth in zip(stickers["sticker_id"].astype(str), stickers[truth_column]):
         t = normalise_text(truth if isinstance(truth, str) else "")
         if not t or (language is not None and caption_language(t) != language):
             continue
-        row = by_id.loc[sid] if sid in by_id.index else None
-        d = levenshtein(normalise_text(row["ocr_text"] if row is not None else ""), t)
+        d = levenshtein(normalise_text(text.get(sid, "")), t)
         cers.append(d / len(t))
         edits += d
         chars += len(t)
         exact += int(d == 0)
-        n_missing += int(row is None or bool(row.get("ocr_missing", "")))
-        if row is not None and pd.notna(row.get("ocr_seconds", np.nan)):
-            seconds.append(float(row["ocr_seconds"]))
+        n_missing += int(sid not in text or bool(missing.get(sid)))
+        if pd.notna(secs.get(sid, np.nan)):
+            seconds.append(float(secs[sid]))
     spi = float(np.mean(seconds)) if seconds else float("nan")
     if not cers:
         return {"n": 0, "cer_mean": float("nan"), "cer_micro": float("nan"),

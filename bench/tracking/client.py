@@ -44,13 +44,21 @@ def mask_credentials(text: str) -> str:
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default: ``sqlite:///<cwd>/mlflow.db``."""
-    if uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default: ``sqlite:///<cwd>/mlflow.db``
+    (one with credentials also silences MLflow's own URL lines: :func:`quiet_mlflow_urls`)."""
+    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    quiet_mlflow_urls(resolved)
+    return resolved
+
+
+def quiet_mlflow_urls(uri: str | None) -> None:
+    """MLflow prints "View run <name> at: <server url>" (and the experiment's URL) to stdout
+    whenever a run ends on an HTTP server, credentials included; when ``uri`` holds credentials
+    those lines are turned off (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``). The harness prints
+    the masked URI itself."""
+    if uri and mask_credentials(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -136,6 +144,7 @@ class Tracker:
         self.uri = uri
         self._client = None
         if uri is not None:
+            quiet_mlflow_urls(uri)
             import mlflow
             from mlflow.tracking import MlflowClient
             mlflow.set_tracking_uri(uri)

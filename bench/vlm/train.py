@@ -180,6 +180,8 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resumed_from = str(last) if resume and last.is_file() else None
+    if resumed_from:
+        check_checkpoint(last)
     uri = resolve_tracking_uri(cfg.tracking_uri)
     run_id = os.environ.get("MLFLOW_RUN_ID") or (_previous_run(out, uri) if resumed_from else None)
     from bench.tracking.schema import vlm_train_tags
@@ -259,3 +261,15 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
         result["registered_version"] = register_adapter_model(uri, run_id, adapter_dir,
                                                               cfg.registered_model)
     return result
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse, in one line, a checkpoint that is not plain tensors and containers (a pickle that
+    would run code, a damaged file): it is loaded with ``weights_only=True`` first."""
+    import torch
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (damaged zip), EOFError ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BenchError(f"{path}: refusing to resume from this checkpoint ({type(exc).__name__}:"
+                         f" {first[:160]}); delete it or pass --no-resume") from None

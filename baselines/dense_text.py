@@ -25,6 +25,7 @@ import pandas as pd
 
 from baselines.bm25 import field_texts, resolve_fields
 from bench.errors import ConfigError
+from bench.progress import encode_with_progress
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
 
@@ -145,7 +146,7 @@ class DenseTextRetriever:
                         self.name, self.fields)
             self.embeddings_ = np.zeros((0, 0), dtype=np.float32)
         elif train.cache is None:
-            self.embeddings_ = self._encode(docs)
+            self.embeddings_ = encode_with_progress(self._encode, docs, f"{self.name}: encoding")
         else:
             self.embeddings_ = self._cached_embeddings(train, names, ids, docs)
         return self

@@ -146,6 +146,12 @@ def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
     """Validate a config mapping; the error names the first offending key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if isinstance(raw.get("features"), dict):  # its own messages (union branches folded)
+        from bench.features.config import validate_features
+        try:
+            validate_features(raw["features"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -154,6 +160,7 @@ def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
         for err in sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden",
                                                       -len(e["loc"])))[:3]:
             loc = _format_loc(err["loc"])
+            loc = loc if len(loc) <= 80 else loc[:77] + "..."  # a key is input too: keep it short
             if err["type"] == "extra_forbidden":
                 lines.append(f"unknown key {loc!r}{did_you_mean(err['loc'])}")
             elif err["type"] == "missing":

@@ -152,9 +152,15 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
         echo(f"  {line} (see {folder / 'data_report.json'})")
     kmax = max(cfg.ks)
 
+    one_relevant = getattr(cfg.protocol, "name", "") == "leave-one-query-out"
+
     def on_result(result: RetrieverResult) -> None:
         if not result.error:
-            echo(f"  {result.label:<28} M-MRR@{kmax}={result.macro[f'm_mrr_at_{kmax}']:.4f}"
+            m = result.macro
+            hits = (f"  MRR@{kmax}={m[f'mrr_at_{kmax}']:.4f} hit@1={m['recall_at_1']:.4f} "
+                    f"hit@{kmax}={m[f'recall_at_{kmax}']:.4f}"
+                    if one_relevant and "recall_at_1" in m else "")
+            echo(f"  {result.label:<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}{hits}"
                  f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
         tracking.log_child(result, ds)
 

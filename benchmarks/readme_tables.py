@@ -27,6 +27,7 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
     "quickstart": ("experiments/quickstart.yaml", [], None),
     "quickstart-seeds": ("experiments/quickstart.yaml", [], [0, 1, 2]),
     "loqo": ("experiments/sticker_queries_loqo.yaml", [], [0, 1, 2, 3, 4]),
+    "fidelity": ("experiments/quickstart.yaml", [], None),  # benchmarks/fidelity_table.py
 }
 
 BLOCK_RE = r"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)"
@@ -58,8 +59,22 @@ def metric_table(table, ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def fidelity_block() -> str:
+    """The fidelity table, as ``benchmarks/fidelity_table.py`` prints it."""
+    import contextlib
+    import io
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fidelity_table
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fidelity_table.main([])
+    return out.getvalue().rstrip() + "\n\n`python benchmarks/fidelity_table.py`\n"
+
+
 def run_job(name: str, workdir: Path) -> str:
     """Run one job with tracking off in ``workdir``; return its README block body."""
+    if name == "fidelity":
+        return fidelity_block()
     from bench.config import load_config
     from bench.experiment import run_experiment
     config, overrides, seeds = JOBS[name]

@@ -583,3 +583,435 @@ def test_config_typo_from_a_real_process(tiny_dataset, tmp_path):
                        retrievers=[{"name": "bm25", "params": {"k_1": 1.5}}])
     out = run_cli("run", str(cfg))
     assert_one_line_error(out.returncode, out.stderr, "no parameter 'k_1'", "Did you mean 'k1'?")
+
+
+# ==================================================================== hardening (issue 17)
+# Each test below fails on the code before issue 17 (7e84d1f) and passes after.
+
+# ------------------------------------------------------------ one path policy for image paths
+
+def _policy_dataset(tmp_path: Path, image: str, setup=None) -> Path:
+    """The tiny dataset whose sticker at row 4 names ``image``; ``setup(root)`` runs first."""
+    st, cl = make_tiny_frames()
+    root = tmp_path / "ds"
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "img" / "ok.png")
+    (tmp_path / "secret.txt").write_text("the secret\n", encoding="utf-8")
+    if setup is not None:
+        setup(root)
+    st["image"] = ["img/ok.png"] * len(st)
+    st.loc[4, "image"] = image
+    write_dataset(root, st.assign(image=["img/ok.png"] * len(st)), cl, {"name": "policy"})
+    table = pd.read_parquet(root / "stickers.parquet").assign(image=st["image"])
+    table.to_parquet(root / "stickers.parquet", index=False)  # as a hand-edited dataset would
+    return root
+
+
+def _link(name: str, target: str):
+    def setup(root: Path) -> None:
+        os.symlink(root.parent / target if target else root.parent, root / "img" / name)
+    return setup
+
+
+POLICY_CASES = {
+    "dot-dot": ("../secret.txt", None, "leaves the dataset directory"),
+    "dot-dot-inside": ("img/../../secret.txt", None, "leaves the dataset directory"),
+    "absolute": ("{tmp}/secret.txt", None, "is an absolute path"),
+    "symlinked-file": ("img/link.png", _link("link.png", "secret.txt"),
+                       "is a symlink to a file outside the dataset directory"),
+    "symlinked-folder": ("img/up/secret.txt", _link("up", ""),
+                         "symlinked folder that leads outside"),
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_CASES))
+def test_image_paths_leaving_the_dataset_are_refused_naming_the_row(case, tmp_path):
+    from bench.data.format import load_dataset
+    from bench.errors import DatasetError
+    image, setup, why = POLICY_CASES[case]
+    root = _policy_dataset(tmp_path, image.format(tmp=tmp_path), setup)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(root)
+    assert info.value.row == 4 and info.value.column == "image"
+    assert "stickers.parquet, row 4, column 'image'" in str(info.value) and why in str(info.value)
+
+
+@pytest.mark.parametrize("case", ["dot-dot", "symlinked-file"])
+def test_image_paths_leaving_the_dataset_skipped_are_counted_and_never_read(case, tmp_path,
+                                                                            caplog):
+    from bench.data.format import load_dataset
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import attach_features
+    image, setup, _ = POLICY_CASES[case]
+    root = _policy_dataset(tmp_path, image, setup)
+    ds = load_dataset(root, on_invalid="skip")
+    assert ds.skipped == {"image_outside_dataset": 1}
+    assert pd.isna(ds.stickers.loc[4, "image"])
+    assert ds.stickers["image"].eq("img/ok.png").sum() == len(ds.stickers) - 1
+    assert "1 image paths leave the dataset directory" in caplog.text
+    _, emb, report = attach_features(ds, {"ocr": False, "encoder": "style-stats"},
+                                     FeatureCache(tmp_path / "cache"), progress=False)
+    assert report["embed_missing_by_reason"] == {"no_image": 1}
+    assert np.linalg.norm(emb[4]) == 0
+
+
+def test_image_path_outside_the_dataset_in_a_run_is_one_line(tmp_path, capsys, isolated_cache):
+    root = _policy_dataset(tmp_path, "../secret.txt")
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path)
+    code, out, err = run_main(capsys, "run", str(cfg))
+    assert_one_line_error(code, err, "stickers.parquet, row 4, column 'image'",
+                          "'../secret.txt' leaves the dataset directory", "--skip-invalid")
+    assert not (tmp_path / "out").exists()
+
+
+def test_writing_a_dataset_with_an_outside_image_path_is_refused(tmp_path):
+    from bench.errors import DatasetError
+    st, cl = make_tiny_frames()
+    (tmp_path / "secret.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="row 0, column 'image'"):
+        write_dataset(tmp_path / "ds", st.assign(image=["../secret.png"] + [None] * 14), cl, {})
+
+
+# ---------------------------------------------------------------------- builders stay inside
+
+EMOJI_CSV = ("hexcode,emoji,label,group,subgroup,tags,keywords\n"
+             "1F600,😀,grinning face,smileys,face-smiling,face|grin|happy,happy|joy\n"
+             "1F622,😢,crying face,smileys,face-concerned,cry|sad|tear,sad|tears\n")
+
+
+def _emoji_source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "images" / "noto").mkdir(parents=True)
+    (src / "emoji.csv").write_text(EMOJI_CSV, encoding="utf-8")
+    for hx in ("1F600", "1F622"):
+        Image.new("RGBA", (8, 8), "red").save(src / "images" / "noto" / f"{hx}.png")
+    (tmp_path / "secret.txt").write_text("the secret\n", encoding="utf-8")
+    return src
+
+
+def test_emoji_builder_refuses_a_symlinked_image_leading_out_of_the_source(tmp_path, capsys):
+    src = _emoji_source(tmp_path)
+    (src / "images" / "noto" / "1F622.png").unlink()
+    os.symlink(tmp_path / "secret.txt", src / "images" / "noto" / "1F622.png")
+    code, _, err = run_main(capsys, "datasets", "build", "emoji-styles", "--source", str(src),
+                            "--out", str(tmp_path / "out"), "--param", "n_users=5")
+    assert_one_line_error(code, err, "1F622.png", "source file leads outside", str(src))
+    assert not (tmp_path / "out" / "images" / "noto" / "1F622.png").exists()
+
+
+def test_emoji_builder_refuses_a_symlinked_readme_leading_out_of_the_source(tmp_path, capsys):
+    src = _emoji_source(tmp_path)
+    os.symlink(tmp_path / "secret.txt", src / "README.md")
+    code, _, err = run_main(capsys, "datasets", "build", "emoji-styles", "--source", str(src),
+                            "--out", str(tmp_path / "out"), "--param", "n_users=5")
+    assert_one_line_error(code, err, "README.md", "source file leads outside")
+    assert not (tmp_path / "out" / "SOURCE-README.md").exists()
+
+
+def test_emoji_builder_refuses_a_style_that_climbs_out_and_deletes_nothing(tmp_path, capsys):
+    src = _emoji_source(tmp_path)
+    victim = tmp_path / "x"
+    victim.mkdir()
+    (victim / "1F600.png").write_bytes(b"keep me")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    out = tmp_path / "a" / "b" / "out"
+    code, _, err = run_main(capsys, "datasets", "build", "emoji-styles", "--source", str(src),
+                            "--out", str(out), "--param", "styles=../../x")
+    assert_one_line_error(code, err, "'../../x' is not a style folder name")
+    assert (victim / "1F600.png").read_bytes() == b"keep me"
+
+
+def test_copy_image_never_reads_or_deletes_outside_its_folders(tmp_path):
+    from bench.data.source_io import copy_image
+    from bench.errors import DatasetError
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"a")
+    (tmp_path / "victim.png").write_bytes(b"keep")
+    with pytest.raises(DatasetError, match="output file leads outside"):
+        copy_image(src / "a.png", out / "images" / ".." / ".." / "victim.png", source=src, out=out)
+    assert (tmp_path / "victim.png").read_bytes() == b"keep"
+    with pytest.raises(DatasetError, match="source file leads outside"):
+        copy_image(src / ".." / "victim.png", out / "v.png", source=src, out=out)
+    out.mkdir()
+    os.symlink(tmp_path, out / "images")  # a symlinked folder inside --out leading out of it
+    with pytest.raises(DatasetError, match="output folder leads outside"):
+        copy_image(src / "a.png", out / "images" / "victim.png", source=src, out=out)
+    assert (tmp_path / "victim.png").read_bytes() == b"keep"
+    copy_image(src / "a.png", out / "ok" / "a.png", source=src, out=out)
+    assert (out / "ok" / "a.png").read_bytes() == b"a"
+
+
+def test_sticker_queries_builder_refuses_an_id_that_climbs_out(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "secret.gif").write_bytes(b"GIF89a secret")
+    (tmp_path / "q.csv").write_bytes(SQ_HEADER + b'../secret.gif,"hello, hi"\n'
+                                     + b'ok.gif,"bye"\n')
+    code, _, err = run_main(capsys, "datasets", "build", "sticker-queries", "--source",
+                            str(tmp_path / "q.csv"), "--out", str(tmp_path / "out"),
+                            "--param", f"images={tmp_path / 'imgs'}")
+    assert_one_line_error(code, err, "leads outside")
+    assert not list((tmp_path / "out").rglob("secret.gif")) if (tmp_path / "out").exists() \
+        else True
+
+
+# ------------------------------------------------------------------------------- integrity
+
+def _images_dataset(root: Path) -> Path:
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i, colour in enumerate(["red", "blue", "green", "yellow"]):
+        Image.new("RGB", (16, 16), colour).save(root / "img" / f"s{i}.png")
+        rows.append({"sticker_id": f"s{i}", "image": f"img/s{i}.png", "text": f"{colour} cat"})
+    clicks = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "query": ["cat", "red", "blue"],
+                           "sticker_id": ["s0", "s0", "s1"], "ts": [1, 2, 3]})
+    write_dataset(root, pd.DataFrame(rows), clicks, {"name": "imgs"})
+    return root
+
+
+def test_dataset_json_records_a_files_digest(tmp_path):
+    meta = json.loads((_images_dataset(tmp_path / "ds") / "dataset.json").read_text())
+    assert len(meta["files_digest"]) == 16 and len(meta["fingerprint"]) == 16
+
+
+def test_changed_images_with_a_kept_dataset_json_do_not_reuse_cached_features(tmp_path, caplog):
+    from bench.data.format import load_dataset
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import attach_features
+    root = _images_dataset(tmp_path / "ds")
+    cache = FeatureCache(tmp_path / "cache")
+    features = {"ocr": False, "encoder": "style-stats"}
+    before = load_dataset(root)
+    _, emb_before, _ = attach_features(before, features, cache, progress=False)
+    meta_before = json.loads((root / "dataset.json").read_text())
+    Image.new("RGB", (16, 16), "black").save(root / "img" / "s2.png")  # dataset.json kept
+    after = load_dataset(root)
+    assert after.fingerprint != before.fingerprint
+    assert after.meta["stale_fingerprint"] == before.fingerprint
+    assert "the files changed since dataset.json was written" in caplog.text
+    _, emb_after, report = attach_features(after, features, cache, progress=False)
+    assert not np.allclose(emb_after[2], emb_before[2])  # recomputed from the new pixels
+    meta = json.loads((root / "dataset.json").read_text())  # refreshed for the next load
+    assert meta["fingerprint"] == after.fingerprint != meta_before["fingerprint"]
+    assert "stale_fingerprint" not in load_dataset(root).meta
+
+
+def test_touched_but_unchanged_files_keep_the_fingerprint_quietly(tmp_path, caplog):
+    from bench.data.format import load_dataset
+    root = _images_dataset(tmp_path / "ds")
+    fp = load_dataset(root).fingerprint
+    digest = json.loads((root / "dataset.json").read_text())["files_digest"]
+    os.utime(root / "img" / "s1.png", ns=(1, 1))  # a copy without -p: new mtimes, same bytes
+    caplog.clear()
+    ds = load_dataset(root)
+    assert ds.fingerprint == fp and "stale_fingerprint" not in ds.meta
+    assert "changed" not in caplog.text
+    assert json.loads((root / "dataset.json").read_text())["files_digest"] != digest
+
+
+def test_a_built_dataset_changed_after_the_build_is_rebuilt(tmp_path, isolated_cache, caplog):
+    from bench.config import DatasetSpec
+    from bench.data.resolve import resolve_dataset
+    spec = DatasetSpec(builder="synthetic", params={"n_stickers": 30, "n_users": 6, "seed": 1},
+                       out=str(tmp_path / "built"))
+    first = resolve_dataset(spec)
+    image = next((tmp_path / "built").rglob("*.png"))
+    original = image.read_bytes()
+    Image.new("RGB", (8, 8), "black").save(image)
+    again = resolve_dataset(spec)
+    assert "changed after it was built; building it again" in caplog.text
+    assert image.read_bytes() == original and again.fingerprint == first.fingerprint
+
+
+# ------------------------------------------------------------- decoding errors in parquet files
+
+def _bad_utf8(root: Path, file: str, column: str, row: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pq.read_table(root / file)
+    raw = [None if v is None else v.encode() for v in table.column(column).to_pylist()]
+    raw[row] = b"caf\xe9"
+    table = table.set_column(table.schema.get_field_index(column), column,
+                             pa.array(raw, pa.binary()).view(pa.string()))
+    pq.write_table(table, root / file)
+
+
+@pytest.mark.parametrize("file, column, row", [("interactions.parquet", "query", 5),
+                                               ("stickers.parquet", "text", 3),
+                                               ("stickers.parquet", "sticker_id", 7)])
+def test_invalid_utf8_in_a_parquet_string_column_names_file_row_and_column(
+        file, column, row, tiny_dataset, tmp_path, capsys):
+    _bad_utf8(tiny_dataset, file, column, row)
+    code, _, err = run_main(capsys, "datasets", "describe", str(tiny_dataset))
+    assert_one_line_error(code, err, f"{file}, row {row}, column {column!r}",
+                          "not valid UTF-8")
+
+
+# -------------------------------------------------------------------- bounds checked before work
+
+def test_yaml_alias_bomb_is_refused_fast_with_a_short_message(tmp_path, capsys):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 30)
+                     + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert path.stat().st_size < 2000
+    t0 = time.perf_counter()
+    code, _, err = run_main(capsys, "run", str(path))
+    assert time.perf_counter() - t0 < 5
+    line = assert_one_line_error(code, err, "bomb.yaml", "240 YAML aliases (more than 200)")
+    assert len(line) < 300
+
+
+def test_yaml_over_one_megabyte_is_refused(tmp_path, capsys):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: x\n" + "# padding\n" * 120_000, encoding="utf-8")
+    code, _, err = run_main(capsys, "run", str(path))
+    assert_one_line_error(code, err, "big.yaml", "larger than 1000 kB")
+
+
+@pytest.mark.parametrize("extra", [{"seed": "y" * 10_000}, {"z" * 10_000: 1},
+                                   {"ks": ["w" * 10_000]}])
+def test_config_errors_echo_at_most_a_short_excerpt(extra, tiny_dataset, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, **extra)
+    code, _, err = run_main(capsys, "run", str(cfg))
+    line = assert_one_line_error(code, err, "c.yaml")
+    assert len(line) < 400, len(line)
+
+
+def test_huge_k_is_capped_by_the_corpus(tiny_dataset, tmp_path, capsys, isolated_cache):
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, ks=[15, 1_000_000_000],
+                       retrievers=[{"name": "bm25"}, {"name": "random"}])
+    t0 = time.perf_counter()
+    code, _, err = run_main(capsys, "run", str(cfg))
+    assert code == 0, err
+    assert time.perf_counter() - t0 < 60
+    table = pd.read_csv(next((tmp_path / "out").glob("*/results.csv"))).set_index("retriever")
+    for metric in ("m_mrr", "recall", "ndcg", "mrr"):
+        np.testing.assert_allclose(table[f"{metric}_at_1000000000"], table[f"{metric}_at_15"])
+    assert table.loc["random", "recall_at_1000000000"] == 1.0
+
+
+def test_per_request_allocates_only_as_deep_as_the_longest_ranking():
+    import tracemalloc
+
+    from bench.metrics import per_request
+    rankings = {i: [f"s{j}" for j in range(10)] for i in range(2000)}
+    relevant = {i: {"s0", "s3"} for i in range(2000)}
+    tracemalloc.start()
+    frame = per_request(rankings, relevant, ks=[5, 10**9])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 * 2**20  # 2000 requests x 10**9 would be terabytes
+    assert frame["m_mrr_at_1000000000"].iloc[0] == pytest.approx(1 + 1 / 4)
+    assert frame["recall_at_1000000000"].eq(1.0).all()
+
+
+# ------------------------------------------------------------------- TREC readers: BOM, empty
+
+def _trec_pair(tmp_path: Path, bom: bool) -> tuple[Path, Path]:
+    prefix = "\ufeff" if bom else ""
+    run = tmp_path / ("bom.run" if bom else "plain.run")
+    run.write_text(prefix + "q1 Q0 a 1 2.0 t\nq1 Q0 b 2 1.0 t\nq2 Q0 c 1 1.0 t\n",
+                   encoding="utf-8")
+    qrels = tmp_path / ("bom.qrels" if bom else "plain.qrels")
+    qrels.write_text(prefix + "q1 0 a 1\nq2 0 d 1\n", encoding="utf-8")
+    return run, qrels
+
+
+def test_bom_in_trec_files_is_stripped_with_a_warning(tmp_path, caplog):
+    from bench.evaluate import evaluate_files
+    plain = evaluate_files(*_trec_pair(tmp_path, bom=False), ks=[1, 5])
+    with_bom = evaluate_files(*_trec_pair(tmp_path, bom=True), ks=[1, 5])
+    assert with_bom["macro"] == plain["macro"] and plain["macro"]["m_mrr_at_5"] == 0.5
+    assert with_bom["n_requests"] == 2 and with_bom["n_run_only"] == 0
+    assert caplog.text.count("byte-order mark (BOM); ignored") == 2
+
+
+def test_empty_run_file_is_warned_about(tmp_path, capsys, caplog):
+    run, qrels = _trec_pair(tmp_path, bom=False)
+    run.write_text("", encoding="utf-8")
+    code, out, err = run_main(capsys, "evaluate", "--run", str(run), "--qrels", str(qrels),
+                              "--k", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["m_mrr_at_1"] == 0.0
+    assert "holds no ranked results: every request scores 0" in caplog.text + err
+
+
+# ------------------------------------------------------------------ names that would be paths
+
+@pytest.mark.parametrize("field, value", [("name", "../escaped"), ("name", "/tmp/abs"),
+                                          ("label", "../../escaped"), ("label", "a/b")])
+def test_names_and_labels_that_are_not_one_folder_are_refused(field, value, tiny_dataset,
+                                                              tmp_path, capsys, isolated_cache):
+    extra = {"name": value} if field == "name" else \
+        {"retrievers": [{"name": "bm25", "label": value}]}
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, **extra)
+    code, _, err = run_main(capsys, "run", str(cfg))
+    assert_one_line_error(code, err, repr(value), "cannot be used as a folder name")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------- secrets
+
+def test_resolved_config_yaml_masks_tracking_credentials(tiny_dataset, tmp_path, capsys,
+                                                         isolated_cache):
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path,
+                       tracking={"enabled": False, "uri": "http://alice:s3cret@mlflow:5000"})
+    code, out, err = run_main(capsys, "run", str(cfg))
+    assert code == 0, err
+    written = next((tmp_path / "out").glob("*/config.yaml")).read_text(encoding="utf-8")
+    assert "s3cret" not in written and "http://***@mlflow:5000" in written
+    assert "s3cret" not in out + err
+
+
+def test_mlflow_view_run_lines_never_print_credentials(tmp_path, monkeypatch, capsys):
+    """MLflow's own "🏃 View run ... at: <url>" lines (printed when a run ends on an HTTP
+    server) are silenced when the URI holds credentials."""
+    from mlflow.entities import Run, RunData, RunInfo
+
+    from bench.tracking import Tracker
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    tracker = Tracker("http://alice:s3cret@127.0.0.1:9")
+    service = tracker.client._tracking_client
+    info = RunInfo(run_id="r1", experiment_id="1", user_id="u", status="RUNNING",
+                   start_time=0, end_time=None, lifecycle_stage="active", run_name="demo")
+    monkeypatch.setattr(service.store, "get_run", lambda run_id: Run(info, RunData()))
+    capsys.readouterr()
+    service._log_url("r1")
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "View run" not in out
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    plain = Tracker("http://127.0.0.1:9")  # no credentials: MLflow's link stays
+    monkeypatch.setattr(plain.client._tracking_client.store, "get_run",
+                        lambda run_id: Run(info, RunData()))
+    plain.client._tracking_client._log_url("r1")
+    assert "View run demo at: http://127.0.0.1:9/#/experiments/1/runs/r1" in \
+        capsys.readouterr().out
+
+
+# --------------------------------------------------------------------- a malicious checkpoint
+
+def test_malicious_checkpoint_is_refused_in_one_line_without_running_it(tmp_path):
+    import pickle
+
+    from bench.errors import BenchError
+    from bench.vlm.train import check_checkpoint
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ckpt = tmp_path / "last.ckpt"
+    with open(ckpt, "wb") as fh:
+        pickle.dump({"state_dict": Evil()}, fh)
+    with pytest.raises(BenchError) as info:
+        check_checkpoint(ckpt)
+    assert not marker.exists()
+    msg = str(info.value)
+    assert "\n" not in msg and str(ckpt) in msg and "--no-resume" in msg
+    import torch
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 1}, tmp_path / "ok.ckpt")
+    check_checkpoint(tmp_path / "ok.ckpt")  # plain tensors load

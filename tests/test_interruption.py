@@ -410,3 +410,230 @@ def test_seeds_and_data_report_are_logged(tiny_dataset, tmp_path, capsys, isolat
     assert parent.data.params["dataset_skipped"] == "{}"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "data_report.json" in artifacts
+
+
+# ==================================================================== hardening (issue 17)
+# SIGTERM, kill -9, concurrent first runs, status.json and what `report` makes of it, faults.
+
+SLOW_RUN = textwrap.dedent('''
+    """`persrv-bench run` with one extra retriever, `sleepy`, whose search takes minutes: a real
+    process for a real signal (the harness code is unchanged; only the registry has one more)."""
+    import sys, time
+    from bench.registry import register
+    from baselines.random import RandomRetriever
+
+    @register("sleepy")
+    class Sleepy(RandomRetriever):
+        def search(self, requests, k):
+            for _ in range(1200):
+                time.sleep(0.1)
+            return super().search(requests, k)
+
+    from bench.cli import main
+    main(["run", *sys.argv[1:]])
+''')
+
+
+def _slow_run(tmp_path: Path, dataset: Path, db: Path) -> tuple[subprocess.Popen, Path]:
+    """Start a run (bm25, then sleepy) in a subprocess; returns it once the run folder's
+    status.json says running and the first retriever's results are written."""
+    (tmp_path / "slow_run.py").write_text(SLOW_RUN, encoding="utf-8")
+    cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path,
+                       retrievers=[{"name": "bm25"}, {"name": "sleepy"}],
+                       tracking={"uri": f"sqlite:///{db}", "experiment": "interrupt"})
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "slow_run.py"), str(cfg)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PERSRV_BENCH_QUIET": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        found = list((tmp_path / "out").glob("interrupt-*/retrievers/bm25/per_request.parquet"))
+        if found and proc.poll() is None:
+            time.sleep(1.0)  # bm25's child run is being logged; sleepy starts next
+            return proc, found[0].parents[2]
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate())
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the run did not start in time")
+
+
+def _parent_status(db: Path) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("interrupt")
+    runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` IS NULL")
+    return {r.info.run_id: r.info.status for r in runs}
+
+
+def _status(folder: Path) -> dict:
+    import json
+    return json.loads((folder / "status.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_folder_and_the_parent_killed_and_report_says_incomplete(
+        tiny_dataset, tmp_path, isolated_cache):
+    db = tmp_path / "mlflow.db"
+    proc, folder = _slow_run(tmp_path, tiny_dataset, db)
+    assert _status(folder)["status"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted"
+    assert _status(folder)["status"] == "killed"
+    assert list(_parent_status(db).values()) == ["KILLED"]
+    from bench.report.build import report_folder
+    written = report_folder(folder, out=tmp_path / "report", n_boot=50, n_perm=50)
+    summary = written["summary.md"].read_text(encoding="utf-8")
+    assert summary.startswith("**incomplete: 1 of 2 retrievers have results "
+                              "(status.json: killed)**")
+    assert "incomplete: 1 of 2 retrievers" in written["report.md"].read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_an_orphan_that_the_next_run_marks_killed(tiny_dataset, tmp_path, capsys,
+                                                                isolated_cache):
+    db = tmp_path / "mlflow.db"
+    proc, folder = _slow_run(tmp_path, tiny_dataset, db)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _status(folder)["status"] == "running"  # nothing could mark it
+    assert list(_parent_status(db).values()) == ["RUNNING"]
+    cfg = write_config(tmp_path / "again.yaml", tiny_dataset, tmp_path / "again",
+                       tracking={"uri": f"sqlite:///{db}", "experiment": "interrupt"})
+    code, out, err = run_main(capsys, "run", str(cfg))
+    assert code == 0, err
+    assert "marked 1 earlier run(s) KILLED (their process is gone)" in out
+    assert sorted(_parent_status(db).values()) == ["FINISHED", "KILLED"]
+    assert _status(folder)["status"] == "killed"
+
+
+@pytest.mark.slow
+def test_two_concurrent_first_runs_on_a_fresh_sqlite_store_both_log(tiny_dataset, tmp_path):
+    db = tmp_path / "fresh" / "mlflow.db"
+    db.parent.mkdir()
+    procs = []
+    for i in range(2):
+        cfg = write_config(tmp_path / f"c{i}.yaml", tiny_dataset, tmp_path / f"r{i}",
+                           tracking={"uri": f"sqlite:///{db}", "experiment": "interrupt"})
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench", "run", str(cfg)], cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "PERSRV_BENCH_QUIET": "1"}))
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "warning" not in (out + err).lower(), out + err
+    assert sorted(_parent_status(db).values()) == ["FINISHED", "FINISHED"]
+
+
+def test_status_json_is_complete_after_a_run(tiny_dataset, tmp_path, capsys, isolated_cache,
+                                             shared_mlflow):
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, tracking=shared_mlflow)
+    code, _, err = run_main(capsys, "run", str(cfg))
+    assert code == 0, err
+    folder = next((tmp_path / "out").glob("interrupt-*"))
+    assert _status(folder)["status"] == "complete" and _status(folder)["failed"] == []
+
+
+def test_ctrl_c_mid_run_marks_the_folder_and_the_parent_killed(tiny_dataset, tmp_path, capsys,
+                                                               monkeypatch, isolated_cache):
+    import bench.runner as runner
+    db = tmp_path / "mlflow.db"
+    real = runner.evaluate_retriever
+    calls = []
+
+    def interrupted(spec, *args, **kwargs):
+        calls.append(spec.display)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_retriever", interrupted)
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path,
+                       tracking={"uri": f"sqlite:///{db}", "experiment": "interrupt"})
+    code, _, err = run_main(capsys, "run", str(cfg))
+    assert code == 130 and err.strip() == "interrupted"
+    folder = next((tmp_path / "out").glob("interrupt-*"))
+    assert _status(folder)["status"] == "killed"
+    assert list(_parent_status(db).values()) == ["KILLED"]
+
+
+def _disk_full_after(monkeypatch, n_files: int) -> None:
+    """From the ``n_files``-th run.trec on, writing under the run folder fails with ENOSPC."""
+    import errno
+
+    from bench.retrieval import Run
+    real = Run.save_trec
+    seen = []
+
+    def save_trec(self, path, *args, **kwargs):
+        seen.append(path)
+        if len(seen) >= n_files:
+            Path(path).write_text("q1 Q0 a 1", encoding="utf-8")  # a torn first write
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, *args, **kwargs)
+
+    real_write_text = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if seen and len(seen) >= n_files and self.name == "error.txt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "save_trec", save_trec)
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_disk_full_mid_run_is_one_line_naming_the_path_and_keeps_what_was_done(
+        tiny_dataset, tmp_path, capsys, monkeypatch, isolated_cache):
+    _disk_full_after(monkeypatch, 2)
+    cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, tracking={"enabled": False})
+    code, out, err = run_main(capsys, "run", str(cfg))
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ")
+    assert "error.txt: No space left on device" in lines[0] and "marked in status.json" in lines[0]
+    folder = next((tmp_path / "out").glob("interrupt-*"))
+    assert _status(folder)["status"] == "failed"
+    assert (folder / "retrievers" / "bm25" / "per_request.parquet").is_file()  # kept
+
+
+def test_read_only_feature_cache_lacking_a_feature_is_one_line(tmp_path, capsys, monkeypatch,
+                                                               isolated_cache):
+    """A cache on a read-only file system (simulated: the tests run as root, whom chmod does not
+    stop) holding no entry for this dataset: one line naming the folder, no traceback."""
+    import errno
+    import tempfile
+    from conftest import make_tiny_frames
+    stickers, clicks = make_tiny_frames()
+    root = tmp_path / "ds"
+    (root / "img").mkdir(parents=True)
+    for i, sid in enumerate(stickers["sticker_id"]):
+        Image.new("RGB", (16, 16), (i * 15, 80, 200)).save(root / "img" / f"{sid}.png")
+    stickers = stickers.drop(columns=["embedding"]).assign(
+        image=[f"img/{sid}.png" for sid in stickers["sticker_id"]])
+    ds = write_dataset(root, stickers, clicks, {"name": "imgs"})
+    cache_root = str(isolated_cache)
+    real_mkdir, real_mkstemp = Path.mkdir, tempfile.mkstemp
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(cache_root) and not self.exists():
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, **kwargs):
+        if str(kwargs.get("dir", "")).startswith(cache_root):
+            raise OSError(errno.EROFS, "Read-only file system", str(kwargs["dir"]))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    cfg = write_config(tmp_path / "c.yaml", ds.root, tmp_path, tracking={"enabled": False},
+                       features={"ocr": False, "encoder": "style-stats"},
+                       retrievers=[{"name": "random"}])
+    code, out, err = run_main(capsys, "run", str(cfg))
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: feature cache {cache_root}")
+    assert "cannot be written (Read-only file system)" in lines[0]
+    assert "PERSRV_BENCH_CACHE" in lines[0]

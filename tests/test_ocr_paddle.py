@@ -9,6 +9,7 @@ caption) fails it while an engine update that misplaces a space does not.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -153,3 +154,27 @@ def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
     for _ in range(3):
         paddle_images([path, path], OcrConfig(workers=2, det_min_side=160))
     assert 1 <= len(made) <= 2 and set(made) == {160}  # at most one per concurrent thread
+
+
+@pytest.mark.skipif(CJK_FONT is None, reason="no Chinese font (fc-list :lang=zh is empty)")
+def test_report_lines_split_english_and_chinese(tmp_path):
+    from bench.data.format import write_dataset
+    from bench.features.ocr import ocr_report_lines
+    root = tmp_path / "mixed"
+    (root / "img").mkdir(parents=True)
+    caps = [("en", "good morning"), ("en", "why not"), ("zh", "早上好"), ("zh", "生日快乐")]
+    rows = []
+    for i, (lang, cap) in enumerate(caps):
+        render(root / "img" / f"{i}.png", cap, CJK_FONT if lang == "zh" else DEJAVU, size=28)
+        rows.append({"sticker_id": f"s{i}", "image": f"img/{i}.png", "gt_caption": cap})
+    inter = pd.DataFrame({"user_id": ["u"], "query": ["hi"], "sticker_id": ["s0"], "ts": [1]})
+    ds = write_dataset(root, pd.DataFrame(rows), inter, {"name": "mixed"})
+    cfg = OcrConfig(workers=1)
+    ocr = ocr_stickers(ds, cfg, FeatureCache(tmp_path / "cache"), progress=False)
+    assert (ocr["ocr_seconds"] > 0).all()
+    lines = ocr_report_lines(ds, cfg, ocr)
+    assert [ln.split(":")[0] for ln in lines] == ["OCR (paddle), English", "OCR (paddle), Chinese"]
+    assert all(ln.endswith("(2 stickers)") and " s/image " in ln for ln in lines), lines
+    assert lines[1].startswith("OCR (paddle), Chinese: CER 0.000, 100% exact"), lines
+    en_only = ocr_report_lines(dataclasses.replace(ds, stickers=ds.stickers.iloc[:2]), cfg, ocr)
+    assert len(en_only) == 1 and en_only[0].startswith("OCR (paddle): CER "), en_only

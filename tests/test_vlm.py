@@ -376,7 +376,7 @@ def test_config_rejects_unknown_keys_and_missing_dataset(tmp_path):
         load_vlm_config(TINY_CONFIG, ["trainer.precision=bf16-true"])
 
 
-@pytest.mark.slow  # two processes, 80-110 s on 2 shared cores
+@pytest.mark.slow  # two processes: 25-110 s on 2 shared cores
 def test_ddp_two_cpu_processes_train_an_epoch(vlm_dataset, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERSRV_BENCH_QUIET": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -400,7 +400,7 @@ def test_ddp_two_cpu_processes_train_an_epoch(vlm_dataset, tmp_path):
     assert run.data.metrics["epoch"] >= 1 and "val_loss" in run.data.metrics
 
 
-@pytest.mark.slow  # two processes, 80-110 s on 2 shared cores
+@pytest.mark.slow  # two processes: 25-110 s on 2 shared cores
 def test_ddp_two_cpu_processes_describe_like_one(vlm_dataset, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERSRV_BENCH_QUIET": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -470,7 +470,7 @@ def test_vlm_uses_the_experiments_split_and_never_sees_validation_or_test_pairs(
     ds = load_dataset(root, on_invalid="skip")
     ids = [s for s in ds.stickers["sticker_id"] if s not in ("broken", "noimg")]
     clicks = [{"user_id": f"u{u}", "query": f"q{u}-{g}", "sticker_id": ids[(u + g) % len(ids)],
-               "ts": g} for u in range(4) for g in range(6)]  # one unique pair per click-group
+               "ts": 10 * g + u} for u in range(4) for g in range(6)]  # a unique pair per group
     write_dataset(root, ds.stickers, pd.DataFrame(clicks), {"name": "vlm-split", "source": "test",
                                                            "license": "CC0"})
     exp = tmp_path / "exp.yaml"
@@ -495,6 +495,18 @@ def test_vlm_uses_the_experiments_split_and_never_sees_validation_or_test_pairs(
     assert len(used) == 12 and dm.stats["val_pairs"] == 4  # groups 0-1 fit, group 2 stops early
     default_used, _ = vlm_pairs(None)
     assert default_used & held_out  # the default split would train on the 2nd-to-last group
+
+    # split.mode global_time: every VLM click precedes every validation and test click
+    from bench.data.protocols import protocol_splits
+    from bench.vlm.data import vlm_clicks
+    global_time = {"mode": "global_time", "val_fraction": 0.25, "test_fraction": 0.25}
+    ds_now = load_dataset(root)
+    fit, stop, counts = vlm_clicks(ds_now, global_time)
+    outer = protocol_splits(ds_now, None, global_time)
+    assert len(fit) and len(stop) and len(outer.validation) and len(outer.test)
+    assert max(fit["ts"].max(), stop["ts"].max()) < min(outer.validation["ts"].min(),
+                                                        outer.test["ts"].min())
+    assert counts["train_clicks"] + counts["validation_clicks"] == len(outer.train)
 
     # an adapter trained under another split of this dataset is refused by describe
     from bench.errors import ConfigError

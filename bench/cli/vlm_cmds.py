@@ -127,7 +127,8 @@ def describe(config: str, dataset: str | None, benchmark_config: str | None,
         cache=FeatureCache(cache_dir or d.cache_dir),
         devices=d.devices if n_devices is None else n_devices,
         accelerator=d.accelerator, precision=d.precision, limit=limit, chunk_size=d.chunk_size,
-        tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats, split=cfg.split)
+        tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats, split=cfg.split,
+        protocol=cfg.protocol)
     from bench.vlm.dist import env_rank
     if env_rank() != 0:
         return

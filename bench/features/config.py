@@ -120,6 +120,11 @@ def validate_features(features: "FeaturesConfig | dict[str, Any] | None") -> Fea
         err = errors[0]
         loc = ".".join(str(p) for p in err["loc"] if not is_union_tag(p))
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            import difflib
+            model = OcrConfig if "ocr" in err["loc"][:1] else FeaturesConfig
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
+            what += f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"features.{loc}: {what}") from None
 
 

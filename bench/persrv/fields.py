@@ -57,6 +57,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from bench.progress import track
 from bench.bm25 import scoring
 from bench.bm25.index import (CACHE_SIZE, FieldCounts, bm25_weights, clear_cache,  # noqa: F401
                               count_terms, field_counts, texts_digest, tokenizer_key)
@@ -127,7 +128,7 @@ class MultiFieldBM25:
         self.counts_: dict[str, FieldCounts] = {}
         self.count_keys_: dict[str, tuple | None] = {}
         blocks, offsets, start = [], {}, 0
-        for f in self.fields:
+        for f in track(self.fields, "BM25 index", "fields"):
             counts = field_counts(texts_by_field[f], self.tokenizer, self.use_cache)
             self.counts_[f] = counts
             self.count_keys_[f] = counts.key

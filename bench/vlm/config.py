@@ -2,9 +2,10 @@
 
 Shared by ``train-vlm``, ``describe`` and ``vlm-bench``; importing it loads pydantic only.
 
-``split:`` is the benchmark's own split section (:class:`bench.config.SplitSpec`, the same keys as
-an experiment's ``split:``), or ``benchmark_config:`` names an experiment YAML whose ``split:``
-(and dataset, when ``dataset`` is not set) the VLM uses, so the adapter never learns from clicks
+``split:`` / ``protocol:`` are the benchmark's own sections (:class:`bench.config.SplitSpec`,
+:class:`bench.config.ProtocolSpec`: the same keys as in an experiment), or ``benchmark_config:``
+names an experiment YAML whose ``split:`` and ``protocol:`` (and dataset, when ``dataset`` is not
+set) the VLM uses, so the adapter never learns from clicks
 that the experiment's sweeps (validation) or final test score (see :mod:`bench.vlm.data`).
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bench.config import SplitSpec
+from bench.config import ProtocolSpec, SplitSpec
 from bench.errors import ConfigError
 from bench.vlm.module import DEFAULT_MODEL, DEFAULT_QUESTION, DEFAULT_TARGET_MODULES
 
@@ -79,6 +80,7 @@ class VlmConfig(_Strict):
     dataset: str | None = None
     benchmark_config: str | None = None  # an experiment YAML: its split (and dataset) are used
     split: SplitSpec = Field(default_factory=SplitSpec)
+    protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
@@ -109,7 +111,8 @@ def validate_vlm_config(raw: Any, source: str = "config") -> VlmConfig:
 
 
 def apply_benchmark_config(cfg: VlmConfig, path: str | Path, source: str = "config") -> VlmConfig:
-    """Take the split (and, if ``cfg.dataset`` is unset, the dataset) of experiment YAML ``path``.
+    """Take the split and protocol (and, if ``cfg.dataset`` is unset, the dataset) of experiment
+    YAML ``path``.
 
     The dataset is resolved the way ``persrv-bench run`` resolves it (a path, or a builder run
     on the fly / reused). A VLM config that sets ``split:`` too is refused (two sources of truth).
@@ -118,11 +121,12 @@ def apply_benchmark_config(cfg: VlmConfig, path: str | Path, source: str = "conf
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{source}: benchmark_config {str(p)!r} is not a file")
-    if "split" in cfg.model_fields_set:
-        raise ConfigError(f"{source}: set either `split:` or `benchmark_config:` (whose split is "
-                          "used), not both")
+    if {"split", "protocol"} & cfg.model_fields_set:
+        raise ConfigError(f"{source}: set either `split:`/`protocol:` or `benchmark_config:` "
+                          "(whose split and protocol are used), not both")
     exp = load_config(p)
     cfg.split = SplitSpec.model_validate(exp.split.model_dump())
+    cfg.protocol = ProtocolSpec.model_validate(exp.protocol.model_dump())
     cfg.benchmark_config = str(p.resolve())
     if not cfg.dataset:
         from bench.data.resolve import resolve_dataset

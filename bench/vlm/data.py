@@ -47,33 +47,32 @@ def query_pairs(clicks: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pairs.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def split_config(split: Any = None) -> Any:
-    """A :class:`bench.data.splits.SplitConfig` from an experiment's ``split:`` section (pydantic
-    :class:`bench.config.SplitSpec`), a dict, a SplitConfig, or None (the default split) -- the
-    same conversion as :func:`bench.runner.prepare`."""
-    from bench.data.splits import SplitConfig
-    if split is None or isinstance(split, SplitConfig):
-        return split or SplitConfig()
-    raw = split.model_dump() if hasattr(split, "model_dump") else dict(split)
-    return SplitConfig(**raw)
-
-
-def split_dict(split: Any = None) -> dict[str, Any]:
-    """The split settings as a plain dict (logged, and stored with an exported adapter)."""
+def split_dict(split: Any = None, protocol: Any = None) -> dict[str, Any]:
+    """The split (and protocol) settings as a plain dict (logged, stored with an adapter)."""
     from dataclasses import asdict
-    return asdict(split_config(split))
+
+    from bench.data.protocols import split_config
+    out = asdict(split_config(split))
+    name = (protocol.get("name") if isinstance(protocol, dict) else getattr(protocol, "name", None)
+            ) if protocol is not None else None
+    if name and name != "simulated-users":
+        out["protocol"] = protocol if isinstance(protocol, dict) else protocol.model_dump()
+    return out
 
 
-def vlm_clicks(interactions: pd.DataFrame, split: Any = None
+def vlm_clicks(ds: Any, split: Any = None, protocol: Any = None
                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """``(fitting clicks, early-stopping clicks, counts)`` for the VLM under ``split``.
+    """``(fitting clicks, early-stopping clicks, counts)`` for the VLM on dataset ``ds``.
 
-    Both come from the experiment split's ``train`` clicks only: the early-stopping clicks are each
-    train user's last train click-group (users with at least two), the fitting clicks the rest.
-    ``counts`` says how many clicks of each benchmark split there were and which were used.
+    The experiment's splits come from :func:`bench.data.protocols.protocol_splits` (what
+    ``persrv-bench run`` uses: ``split.mode``, the protocol, the simulator's held-out queries);
+    the VLM uses their ``train`` clicks only: each train user's last train click-group (users
+    with at least two) for early stopping, the rest for fitting. ``counts`` says how many clicks
+    of each benchmark split there were and which were used.
     """
+    from bench.data.protocols import protocol_splits
     from bench.data.splits import SplitConfig, split_interactions
-    outer = split_interactions(interactions, split_config(split))
+    outer = protocol_splits(ds, protocol, split)
     inner = split_interactions(outer.train, SplitConfig(val_groups=0, test_groups=1,
                                                         min_train_groups=1))
     counts = {"benchmark_train_clicks": int(len(outer.train)),
@@ -175,12 +174,14 @@ class StickerQueryDataModule(L.LightningDataModule):
         split: the experiment's split (:class:`bench.config.SplitSpec`, a dict or a
             :class:`bench.data.splits.SplitConfig`; default: last click-group test, the one
             before it validation). Only its train clicks are used (:func:`vlm_clicks`).
+        protocol: the experiment's protocol (:class:`bench.config.ProtocolSpec`; None:
+            simulated-users).
     """
 
     def __init__(self, dataset_dir: str | Path, processor: Any, question: str = DEFAULT_QUESTION,
                  *, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 0, seed: int = 0, max_answer_tokens: int = 32,
-                 split: Any = None):
+                 split: Any = None, protocol: Any = None):
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
         self.processor = processor
@@ -191,6 +192,7 @@ class StickerQueryDataModule(L.LightningDataModule):
         self.seed = seed
         self.max_answer_tokens = max_answer_tokens
         self.split = split
+        self.protocol = protocol
         self.train_pairs: pd.DataFrame | None = None
         self.val_pairs: pd.DataFrame | None = None
         self.image_paths: dict[str, Path | None] = {}
@@ -202,7 +204,7 @@ class StickerQueryDataModule(L.LightningDataModule):
         from bench.data.format import load_dataset
         from bench.features.images import count_reasons, load_image_checked
         ds = load_dataset(self.dataset_dir, on_invalid="skip")
-        fit_clicks, stop_clicks, counts = vlm_clicks(ds.interactions, self.split)
+        fit_clicks, stop_clicks, counts = vlm_clicks(ds, self.split, self.protocol)
         train = query_pairs(fit_clicks, self.seed)
         val = query_pairs(stop_clicks, self.seed)
         fitting = set(zip(train["sticker_id"], train["query"]))
@@ -219,7 +221,7 @@ class StickerQueryDataModule(L.LightningDataModule):
         self.val_pairs = val[~val["sticker_id"].isin(bad)].reset_index(drop=True)
         self.stats = {
             "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
-            "split": split_dict(self.split), **counts,
+            "split": split_dict(self.split, self.protocol), **counts,
             "val_pairs_dropped_as_fitting_pairs": int(sum(seen)),
             "train_pairs": int(len(self.train_pairs)), "val_pairs": int(len(self.val_pairs)),
             "skipped_stickers": len(bad),

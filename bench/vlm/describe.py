@@ -119,7 +119,7 @@ def resolve_adapter(adapter: str | Path | None, tracking_uri: str | None = None
 
 
 def check_adapter_split(adapter_dir: Path | None, dataset_fingerprint: str,
-                        split: Any = None) -> None:
+                        split: Any = None, protocol: Any = None) -> None:
     """Refuse an adapter trained on this very dataset under another split than ``split`` (the
     experiment's): its training may have seen the clicks that this experiment's sweeps or final
     test score. Adapters from another dataset, or without a recorded split, pass."""
@@ -130,7 +130,7 @@ def check_adapter_split(adapter_dir: Path | None, dataset_fingerprint: str,
         return
     meta = json.loads((adapter_dir / ADAPTER_META_FILE).read_text(encoding="utf-8"))
     trained_on = meta.get("split")
-    wanted = split_dict(split)
+    wanted = split_dict(split, protocol)
     if meta.get("dataset_fingerprint") == dataset_fingerprint and trained_on not in (None, wanted):
         raise ConfigError(f"adapter {adapter_dir}: trained on this dataset with split {trained_on}, "
                           f"but the experiment uses split {wanted}; its training may have seen "
@@ -184,7 +184,8 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
                       devices: Any = 1, accelerator: str = "auto", strategy: str | None = None,
                       precision: str = "auto", limit: int | None = None, chunk_size: int = 256,
                       num_workers: int = 0, tracking_uri: str | None = None,
-                      stats: dict[str, Any] | None = None, split: Any = None) -> pd.DataFrame:
+                      stats: dict[str, Any] | None = None, split: Any = None,
+                      protocol: Any = None) -> pd.DataFrame:
     """Descriptions of the stickers of ``dataset_dir`` (``limit``: the first N only), cached.
 
     Args:
@@ -195,8 +196,8 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
         devices / accelerator / strategy / precision: Trainer settings (``devices > 1`` -> DDP).
         cache: the feature cache (default location if None).
         stats: if given, filled with ``generated``, ``cached``, ``no_image`` counts and the key.
-        split: the experiment's split; an adapter trained on this dataset under another split is
-            refused (:func:`check_adapter_split`). None: no check.
+        split, protocol: the experiment's; an adapter trained on this dataset under another
+            split is refused (:func:`check_adapter_split`). ``split`` None: no check.
 
     Returns a frame ``[sticker_id, description, keywords]`` in the dataset's sticker order. Under
     DDP every rank returns the full frame; only rank 0 writes the cache.
@@ -211,7 +212,7 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
     cache = cache or FeatureCache()
     ds = load_dataset(dataset_dir, on_invalid="skip")
     adapter_dir, adapter_id, source = resolve_adapter(adapter, tracking_uri)
-    check_adapter_split(adapter_dir, ds.fingerprint, split)
+    check_adapter_split(adapter_dir, ds.fingerprint, split, protocol)
     key = description_cache_key(cache, ds.fingerprint, model_name, adapter_id)
     stickers = ds.stickers if limit is None else ds.stickers.head(limit)
     ids = stickers["sticker_id"].tolist()

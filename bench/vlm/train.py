@@ -166,7 +166,8 @@ def train_vlm(cfg: VlmConfig, devices: Any = None, strategy: str | None = None,
     dm = StickerQueryDataModule(cfg.dataset, module.processor, cfg.model.question,
                                 batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
                                 num_workers=t.num_workers, seed=cfg.seed,
-                                max_answer_tokens=cfg.model.max_answer_tokens, split=cfg.split)
+                                max_answer_tokens=cfg.model.max_answer_tokens, split=cfg.split,
+                                protocol=cfg.protocol)
     dm.setup("fit")
     if dm.train_pairs is None or dm.train_pairs.empty:
         raise BenchError(f"{cfg.dataset}: no training pairs (no train clicks on stickers with a "

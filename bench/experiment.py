@@ -165,7 +165,7 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
         tracking.log_child(result, ds)
 
     outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result)
-    outcome.parent_run_id = tracking.parent or outcome.parent_run_id
+    outcome.parent_run_id = tracking.parent  # None once tracking was lost
     md = write_tables(cfg, folder, outcome, ds)
     if cfg.report:
         _report(cfg, folder, echo)

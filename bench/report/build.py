@@ -104,7 +104,8 @@ def _breakdown_section(rf: RunFolder, seg: pd.DataFrame, metric: str, top_n: int
     seg_table = format_segment_table(segment_wide(seg, m.group(1), int(m.group(2))),
                                      m.group(1), int(m.group(2)))
     if seg_table:
-        md += [f"### Segments (docs/ARCHITECTURE.md, "Metrics"): {pretty(metric)} per retriever (n = requests)", "",
+        md += [f"### Segments (docs/ARCHITECTURE.md, 'Metrics'): {pretty(metric)} per retriever "
+               "(n = requests)", "",
                seg_table, ""]
     n_groups = {d: rf.segments[d].nunique(dropna=False) for d in BREAKDOWNS
                 if d in rf.segments.columns}

@@ -148,20 +148,20 @@ class Tracker:
             import mlflow
             from mlflow.tracking import MlflowClient
             mlflow.set_tracking_uri(uri)
-            self._client = MlflowClient(tracking_uri=uri)
-            self._migrate_once()
+            with self._migration_lock():  # MlflowClient() opens the store: it migrates there
+                self._client = MlflowClient(tracking_uri=uri)
 
-    def _migrate_once(self) -> None:
+    def _migration_lock(self):
         """A fresh SQLite store is created (schema migration) under a file lock beside it:
         two first runs at once otherwise race in alembic and one run is lost."""
+        import contextlib
         if not str(self.uri).startswith("sqlite:///"):
-            return
+            return contextlib.nullcontext()
         from filelock import FileLock
         db = Path(str(self.uri)[len("sqlite:///"):])
         if not db.parent.is_dir():
-            return  # MLflow names the problem on first use
-        with FileLock(str(db) + ".lock", timeout=300):
-            self._client.search_experiments(max_results=1)
+            return contextlib.nullcontext()  # MLflow names the problem on first use
+        return FileLock(str(db) + ".lock", timeout=300)
 
     def mark_orphans(self, experiment: str) -> list[str]:
         """Parents of this host whose process is gone (``kill -9``) but which still say RUNNING

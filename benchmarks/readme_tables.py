@@ -125,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 if old.strip() != body.split("\n\n`persrv-bench")[0].strip():
                     print(f"README block {name!r} differs from a fresh run:\n{body}")
                     return 1
-            else:
-                text = replace_block(text, name, body)
-    if not args.check:
-        README.write_text(text, encoding="utf-8")
-        print(f"rewrote {', '.join(names)} in {README}")
+            else:  # re-read: the README may have been edited while the job ran
+                text = replace_block(README.read_text(encoding="utf-8"), name, body)
+                README.write_text(text, encoding="utf-8")
+                print(f"rewrote {name} in {README}")
     return 0
 
 

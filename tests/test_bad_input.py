@@ -713,12 +713,14 @@ def test_emoji_builder_refuses_a_style_that_climbs_out_and_deletes_nothing(tmp_p
     victim = tmp_path / "x"
     victim.mkdir()
     (victim / "1F600.png").write_bytes(b"keep me")
-    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x").mkdir(parents=True)  # where OUT/images/../../x points
+    (tmp_path / "a" / "b" / "x" / "1F600.png").write_bytes(b"keep me too")
     out = tmp_path / "a" / "b" / "out"
     code, _, err = run_main(capsys, "datasets", "build", "emoji-styles", "--source", str(src),
                             "--out", str(out), "--param", "styles=../../x")
     assert_one_line_error(code, err, "'../../x' is not a style folder name")
     assert (victim / "1F600.png").read_bytes() == b"keep me"
+    assert (tmp_path / "a" / "b" / "x" / "1F600.png").read_bytes() == b"keep me too"
 
 
 def test_copy_image_never_reads_or_deletes_outside_its_folders(tmp_path):

@@ -7,7 +7,8 @@
 Takes only the held-out requests (``requests.tsv``: qid, user, query) and their relevant sticker
 (``qrels.txt``) from the run folder; everything else is rebuilt here without the harness: each
 sticker's document is its CSV queries minus its held-out one, indexed with bm25s (Lucene idf,
-k1 1.2, b 0.75, English stop words and Snowball stemming), and MRR@20, hit@1 and hit@20 are
+k1 1.2, b 0.75; like the harness's `bm25` defaults no stemming and no stop words,
+``--stem`` for English stop words + Snowball stemming), and MRR@20, hit@1 and hit@20 are
 computed in plain Python. Prints them beside the harness's bm25 figures from ``results.csv``.
 The two tokenisers differ (the harness keeps emoji and punctuation-only tokens), so agreement to
 about a point is expected, not to the last decimal.
@@ -22,7 +23,15 @@ from pathlib import Path
 
 
 def split_queries(text: str) -> list[str]:
-    return [q.strip() for q in re.split(r"[,，、；;]", text or "") if q.strip()]
+    """A sticker's queries: split on list separators, case-insensitive duplicates dropped (first
+    spelling kept), as the StickerQueries release is documented to be used."""
+    seen: set[str] = set()
+    out = []
+    for q in (q.strip() for q in re.split(r"[,，、；]", text or "")):
+        if q and q.casefold() not in seen:
+            seen.add(q.casefold())
+            out.append(q)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", required=True)
     ap.add_argument("--run-folder", required=True)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--stem", action="store_true", help="English stop words + Snowball stemming")
     args = ap.parse_args(argv)
     folder = Path(args.run_folder)
     with open(args.csv, encoding="utf-8", newline="") as fh:
@@ -47,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         held_out.setdefault(relevant[qid], set()).add(str(query))
     ids = sorted(queries)
     docs = [" ".join(q for q in queries[s] if q not in held_out.get(s, set())) for s in ids]
-    stemmer = Stemmer.Stemmer("english")
+    stemmer = Stemmer.Stemmer("english") if args.stem else None
+    stop = "en" if args.stem else None
     retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-    retriever.index(bm25s.tokenize(docs, stopwords="en", stemmer=stemmer, show_progress=False),
+    retriever.index(bm25s.tokenize(docs, stopwords=stop, stemmer=stemmer, show_progress=False),
                     show_progress=False)
-    tokens = bm25s.tokenize(requests["query"].astype(str).tolist(), stopwords="en",
+    tokens = bm25s.tokenize(requests["query"].astype(str).tolist(), stopwords=stop,
                             stemmer=stemmer, show_progress=False)
     found, _ = retriever.retrieve(tokens, k=args.k, show_progress=False)
     rr, hit1, hitk = [], [], []

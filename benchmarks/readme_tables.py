@@ -91,8 +91,8 @@ def run_job(name: str, workdir: Path) -> str:
         body = metric_table(outcome.table, cfg.ks)
         what = f"seed {cfg.seed}"
     seconds = time.perf_counter() - t0
-    return (f"{body}\n\n`persrv-bench run {config}`"
-            f"{' --seeds ' + ' '.join(map(str, seeds)) if seeds else ''} ({what}; "
+    return (f"{body}\n\n`persrv-bench run {config}"
+            f"{' --seeds ' + ' '.join(map(str, seeds)) if seeds else ''}` ({what}; "
             f"{seconds:.0f} s wall on this machine, features cached or not as they were).\n")
 
 

@@ -93,3 +93,24 @@ def test_unreachable_tracking_server_fails_before_work(tiny_dataset, tmp_path, i
     with pytest.raises(TrackingError, match="unreachable"):
         run_experiment(cfg, echo=lambda *_: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_mlflow_run_launcher_lands_in_the_dataset_experiment(tiny_dataset, tmp_path,
+                                                             isolated_cache, monkeypatch):
+    """Under `mlflow run` MLflow creates a run in `Default` and passes MLFLOW_RUN_ID: the results
+    go to the dataset's experiment under the config's name, the Projects run points at them."""
+    from mlflow.tracking import MlflowClient
+    cfg = _cfg(tiny_dataset, tmp_path)
+    client = MlflowClient(cfg.tracking.uri)
+    launcher = client.create_run("0", run_name="delicate-worm-112").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    outcome = run_experiment(cfg, echo=lambda *_: None)
+    parent = client.get_run(outcome.parent_run_id)
+    assert outcome.parent_run_id != launcher
+    assert client.get_experiment(parent.info.experiment_id).name == "tiny"
+    assert parent.info.run_name == "tiny-run"
+    shell = client.get_run(launcher).data.tags
+    assert shell["persrv.kind"] == "launcher" and shell["persrv.run_id"] == outcome.parent_run_id
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["best_retriever"] in {"bm25", "popularity", "random"}

@@ -44,8 +44,8 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Dataset seed (and the sampling of the references).")
 @click.option("--retrievers", default=None, callback=_names,
-              help="Comma-separated retriever names (default: bm25, persrv and every "
-                   "registered persrv-* ablation).")
+              help="Comma-separated retriever names (default: bm25 + the 7 PerSRV variants "
+                   "of the pipeline target; persrv-reference only when named).")
 @click.option("--rank-bm25-sample", type=click.IntRange(min=0), default=200, show_default=True,
               help="Requests run on rank-bm25 (extrapolated); 0 skips.")
 @click.option("--naive-sample", type=click.IntRange(min=0), default=50, show_default=True,

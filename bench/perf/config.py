@@ -23,8 +23,10 @@ TARGETS = {
 #: PerSRV fit stages: (stage, method of PerSRV.fit timed by wrapping it on the instance).
 FIT_STAGES = (("index", "_fit_index"), ("utility", "_fit_utility"),
               ("clusters", "_fit_clusters"))
-#: Preferred order of the default retrievers: variants with identical recall are adjacent, so
-#: the recall-pool cache (two configurations) serves them; other registered persrv-* follow.
+#: The default retrievers (the pipeline of issue 16: bm25 + 7 PerSRV variants), in run order:
+#: variants with identical recall are adjacent, so the recall-pool cache (two configurations)
+#: serves them. Other registered retrievers (``persrv-reference``...) run only when named in
+#: ``--retrievers``.
 ORDER = ("bm25", "persrv", "persrv-no-personalization", "persrv-no-description",
          "persrv-no-utility", "persrv-bm25", "persrv-no-ocr", "persrv-no-queries")
 STAGE_COLUMNS = ("index", "utility", "clusters", "recall", "rerank", "results", "metrics")
@@ -38,7 +40,7 @@ class PerfConfig:
 
     ``workload``: ``zipf`` or ``concepts`` (:mod:`bench.perf.workloads`); ``size``: stickers;
     ``requests``: most test requests (the first ones); ``k``: ranking depth; ``pool``: PerSRV
-    recall depth; ``retrievers``: names (None: bm25 + persrv + every registered persrv-*);
+    recall depth; ``retrievers``: names (None: :data:`ORDER`, bm25 + the 7 PerSRV variants);
     ``rank_bm25_sample`` / ``naive_sample``: requests run on the slow references (0 skips);
     ``peers``: run the fast references (bm25s numba, tantivy) on all requests; ``scaling``:
     corpus sizes of the scaling curve (empty skips); ``sweep_trial`` and ``help_check``: measure

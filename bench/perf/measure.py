@@ -157,11 +157,11 @@ def timed_methods(obj: Any, clock: StageClock, owner: str,
 # --------------------------------------------------------------------------------- retrievers
 
 def default_retrievers() -> list[str]:
-    """bm25, persrv and every registered persrv-* variant (recall-sharing ones adjacent)."""
+    """The retrievers of :data:`bench.perf.config.ORDER` that are registered (bm25 + the 7
+    PerSRV variants of the pipeline target); others (``persrv-reference``) only when asked."""
     from bench.registry import registry
-    names = [n for n in registry() if n == "persrv" or n.startswith("persrv-")]
-    return [n for n in ORDER if n in names or n == "bm25"] + \
-        sorted(n for n in names if n not in ORDER)
+    names = set(registry())
+    return [n for n in ORDER if n in names]
 
 
 def bm25_params() -> dict[str, Any]:

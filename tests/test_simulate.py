@@ -210,14 +210,83 @@ def test_heldout_queries_are_recovered_from_the_clicks():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_unseen_query_share_of_test_equals_validation_on_quickstart(seed):
-    from bench.data.simulate import heldout_queries_of
+def test_unseen_query_share_of_test_equals_validation_on_quickstart(seed, tmp_path):
+    """The quickstart's dataset (experiments/quickstart.yaml, without images) through the
+    builder, dataset.json and the default protocol: test's unseen-query share is at least
+    heldout_query_fraction and within 5 points of validation's; no held-out query in a history."""
+    from bench.data.builders import build_dataset
+    from bench.data.protocols import protocol_splits
     from bench.data.splits import check_no_leak
-    clicks, cfg = quickstart_clicks(seed)
-    splits = split_interactions(clicks, heldout_queries=heldout_queries_of(clicks, cfg.to_dict()))
-    report = splits.report
+    ds = build_dataset("synthetic", None, tmp_path, {"n_stickers": 1000, "n_users": 300,
+                                                     "seed": seed, "images": False})
+    splits = protocol_splits(ds)
+    report = splits.split_report()
     val, test = report["validation_unseen_query_share"], report["test_unseen_query_share"]
+    fraction = ds.meta["simulator"]["heldout_query_fraction"]
+    assert fraction == 0.2 and report["test_requests"] == report["validation_requests"] == 300
+    assert test >= fraction and val >= fraction, report
     assert abs(val - test) <= 0.05, report
-    assert test >= 0.12 and report["test_requests"] == 300  # unseen-query requests exist in test
+    assert ds.meta["simulator"]["stats"]["heldout_tail_groups_drawn"] == 2 * 60  # ceil(0.2 x 300)
     assert check_no_leak(splits, "test").empty and check_no_leak(splits, "validation").empty
     assert not set(splits.history_for("test")["query"]) & splits.heldout_queries
+    assert not set(splits.history_for("validation")["query"]) & splits.heldout_queries
+
+
+def tail_positions(clicks: pd.DataFrame) -> pd.DataFrame:
+    """One row per click-group: user_id, query, first sticker, position from the end (0 = last)."""
+    df = clicks.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    df["group"] = click_groups(df)
+    groups = df.groupby(["user_id", "group"], sort=False).first().reset_index()
+    groups["from_end"] = groups.groupby("user_id")["group"].transform("max") - groups["group"]
+    return groups
+
+
+@pytest.mark.parametrize("share", [0.0, 0.35, 1.0])
+def test_heldout_request_share_sets_held_out_groups_per_tail_position(share):
+    _, clicks = simulate(heldout_query_fraction=0.3, heldout_request_share=share,
+                         repeat_query_prob=0.5)
+    held = set(clicks.attrs["heldout_queries"])
+    groups = tail_positions(clicks)
+    for pos in (0, 1):  # test, validation: ceil(share x 200 users) groups each
+        at = groups[groups["from_end"] == pos]
+        assert len(at) == 200 and at["query"].isin(held).sum() == int(np.ceil(share * 200))
+    history = groups[groups["from_end"] >= 2]
+    assert not history["query"].isin(held).any()
+    # a held-out tail group never repeats an earlier group of its user
+    tail_held = groups[(groups["from_end"] < 2) & groups["query"].isin(held)]
+    earlier = history.set_index(["user_id", "query"]).index
+    assert not tail_held.set_index(["user_id", "query"]).index.isin(earlier).any()
+    assert clicks.attrs["simulator_stats"]["heldout_tail_groups_drawn"] == \
+        2 * int(np.ceil(share * 200))
+
+
+def test_heldout_request_share_defaults_to_the_fraction_and_is_validated():
+    assert SimulatorConfig(heldout_query_fraction=0.3).request_share == 0.3
+    assert SimulatorConfig(heldout_request_share=0.5).request_share == 0.5
+    assert simulator_config({"heldout_request_share": "0.4"}).heldout_request_share == 0.4
+    assert simulator_config({"heldout_request_share": "none"}).heldout_request_share is None
+    with pytest.raises(ConfigError, match="heldout_request_share"):
+        simulator_config({"heldout_request_share": 1.5})
+    with pytest.raises(ConfigError, match="heldout_request_share"):
+        simulator_config({"heldout_request_share": "lots"})
+
+
+def test_held_out_groups_on_a_corpus_where_few_items_have_held_out_queries():
+    """2 of the 30 strings are held out (seed 0: t0 q1, t3 q2), so most tail groups first land on
+    an item without one; each held-out tail group still gets one (redraws, then items with one by
+    popularity) and never merges with the group before it (validation and test then differ)."""
+    items, queries = corpus()
+    cfg = SimulatorConfig(n_users=200, heldout_query_fraction=2 / 30, heldout_request_share=0.3)
+    clicks = simulate_clicks(items, queries, cfg)
+    held = set(clicks.attrs["heldout_queries"])
+    assert held == {"t0 q1", "t3 q2"}
+    groups = tail_positions(clicks)
+    stats = clicks.attrs["simulator_stats"]
+    for pos in (0, 1):
+        at = groups[groups["from_end"] == pos]
+        assert at["query"].isin(held).sum() == 60  # ceil(0.3 x 200)
+    assert stats["merged_groups"] == 0 and stats["heldout_item_redraws"] > 0
+    assert stats["heldout_popularity_fallbacks"] > 0
+    held_topics = {q.split()[0] for q in held}
+    tail_held = groups[(groups["from_end"] < 2) & groups["query"].isin(held)]
+    assert set(tail_held["sticker_id"].str.split("-").str[0]) <= held_topics

@@ -8,99 +8,31 @@ then a query drawn from that item's real human-written queries. Some groups hold
 different items of the same topic (relevant sets > 1); some repeat an earlier (query, sticker) of
 the same user. A fraction of the distinct query strings is *held out*: used only in a user's last
 ``heldout_tail_groups`` groups (validation/test), never in the history, so test queries are partly
-unseen; :func:`heldout_queries_of` recovers them from a built dataset's clicks, so splits can
-keep them out of every history. Everything is numpy over whole user chunks; the only Python loops are over distinct
-query lists and a few fix-up rounds.
+unseen. At each tail position exactly ``ceil(heldout_request_share x users)`` groups (default share:
+``heldout_query_fraction``) are drawn on an item that has a held-out query and use one (never a
+repeat), the other tail groups use open queries, so validation and test get the same unseen
+share. :func:`heldout_queries_of` recovers the held-out strings from a built dataset's clicks, so
+splits can keep them out of every history. Everything is numpy over whole user chunks; the only
+Python loops are over distinct query lists and a few fix-up rounds. The knobs are
+:class:`~bench.data.simulate_config.SimulatorConfig` (re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError, DatasetError
+from bench.data.simulate_config import SimulatorConfig, simulator_config
+from bench.errors import DatasetError
+
+__all__ = ["SimulatorConfig", "heldout_queries_of", "simulate_clicks", "simulator_config"]
 
 #: dense (users x styles) / (users x topics) matrices are built for this many cells at a time
 _CHUNK_CELLS = 4_000_000
-
-
-@dataclass
-class SimulatorConfig:
-    """Every knob of the simulator; stored in ``dataset.json`` under ``"simulator"``."""
-
-    n_users: int = 1000
-    groups_per_user: float = 8.0          # mean click-groups (search sessions) per user
-    min_groups_per_user: int = 3          # splits need >= 3 (train, validation, test)
-    max_groups_per_user: int = 100        # tail cap of the shifted-geometric distribution
-    multi_click_prob: float = 0.25        # a group clicks 2..max_clicks_per_group stickers
-    max_clicks_per_group: int = 3
-    group_col: str = "gt_style"           # what a user's style preference is over
-    topic_col: str | None = "gt_topic"    # None: one topic for all items
-    style_concentration: float = 0.3      # Dirichlet alpha; small = concentrated preference
-    style_noise: float = 0.05             # mixed-in uniform style preference
-    topics_per_user: float = 3.0          # mean number of topic interests (>= 1)
-    topic_concentration: float = 1.0      # Dirichlet alpha over the user's topics
-    topic_exploration: float = 0.1        # a group ignores the interests (topic by popularity)
-    popularity_zipf: float = 1.0          # item weight 1 / rank**s, ranks a seeded permutation
-    heldout_query_fraction: float = 0.2   # of distinct query strings, kept out of the history
-    heldout_tail_groups: int = 2          # groups at a timeline's end that may use them
-    repeat_query_prob: float = 0.15       # a group repeats an earlier (query, sticker)
-    session_gap_s: float = 86_400.0       # mean seconds between a user's groups
-    click_gap_s: int = 10                 # seconds between clicks of one group
-    start_ts: int = 1_700_000_000
-    span_s: int = 30 * 86_400             # users start uniformly in [start_ts, start_ts + span)
-    user_prefix: str = "u"
-    seed: int = 0
-
-    def validate(self) -> "SimulatorConfig":
-        """Raise :class:`ConfigError` naming the first invalid knob."""
-        def bad(key: str, why: str) -> None:
-            raise ConfigError(f"simulator.{key} = {getattr(self, key)!r}: {why}")
-        if self.n_users < 1:
-            bad("n_users", "must be >= 1")
-        if self.min_groups_per_user < 1:
-            bad("min_groups_per_user", "must be >= 1")
-        if not self.min_groups_per_user <= self.groups_per_user <= self.max_groups_per_user:
-            bad("groups_per_user", "must lie in [min_groups_per_user, max_groups_per_user]")
-        if self.max_clicks_per_group < 1:
-            bad("max_clicks_per_group", "must be >= 1")
-        for key in ("multi_click_prob", "style_noise", "topic_exploration",
-                    "heldout_query_fraction", "repeat_query_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                bad(key, "must be a probability in [0, 1]")
-        for key in ("style_concentration", "topic_concentration"):
-            if getattr(self, key) <= 0:
-                bad(key, "must be > 0")
-        if self.topics_per_user < 1:
-            bad("topics_per_user", "must be >= 1")
-        if self.popularity_zipf < 0:
-            bad("popularity_zipf", "must be >= 0")
-        if self.heldout_tail_groups < 0:
-            bad("heldout_tail_groups", "must be >= 0")
-        if self.session_gap_s < 0 or self.click_gap_s < 1 or self.span_s < 1:
-            bad("click_gap_s", "gaps must be >= 0 (session) / >= 1 (click, span)")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def simulator_config(overrides: Mapping[str, Any] | SimulatorConfig | None = None,
-                     **defaults: Any) -> SimulatorConfig:
-    """A validated config: ``SimulatorConfig`` defaults < ``defaults`` < ``overrides``."""
-    if isinstance(overrides, SimulatorConfig):
-        return overrides.validate()
-    fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
-    merged = {**defaults, **(overrides or {})}
-    unknown = sorted(set(merged) - fields)
-    if unknown:
-        raise ConfigError(f"unknown simulator parameter(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(sorted(fields))}")
-    return SimulatorConfig(**merged).validate()
+#: (topic, item) redraws of a held-out tail group before it takes any item with a held-out query
+_HELD_ROUNDS = 16
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -175,6 +107,8 @@ class _Corpus:
         else:
             topics, self.topic_names = np.zeros(len(items), np.int64), pd.Index(["all"])
         self.n_styles, self.n_topics = len(self.style_names), len(self.topic_names)
+        self.topic_of = topics.astype(np.int64)
+        self.q_held = self.q_all - self.q_open
         rng = np.random.default_rng([cfg.seed, 0])
         rank = rng.permutation(len(items))
         pop = (rank + 1.0) ** -cfg.popularity_zipf
@@ -202,6 +136,10 @@ class _Corpus:
         self.topic_pop = np.bincount(self.cell_topic, weights=cell_sum, minlength=self.n_topics)
         self.live_topics = np.flatnonzero(self.topic_pop > 0)
         self.topic_cum = np.cumsum(self.topic_pop[self.live_topics] / self.topic_pop.sum())
+        # items with a held-out query, by popularity: the last resort of a held-out tail group
+        self.held_item = np.flatnonzero(self.q_held > 0)
+        self.held_cum = np.cumsum(pop[self.held_item]) / pop[self.held_item].sum() \
+            if len(self.held_item) else np.zeros(0)
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -250,38 +188,69 @@ class _Chunk:
         pos = _pick(c.item_cum, c.cell_lo[cell], c.cell_hi[cell], rng.random(len(users)))
         return c.item[pos]
 
-    def queries_for(self, items: np.ndarray, tail: np.ndarray, stratum: np.ndarray | None = None,
-                    keep_held: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Flat query index per click-group; history groups avoid held-out queries.
-
-        ``stratum`` (tail groups: position from the timeline's end, else -1): the uniforms of
-        each stratum are stratified (one per 1/m interval, randomly assigned), so the share of
-        held-out queries at each tail position (validation, test) is nearly equal, not a coin
-        flip per group. ``keep_held`` (a redraw): True/False keeps a tail group on the held-out /
-        open part of the new item's queries when it has one, so redraws do not shift the shares."""
+    def queries_for(self, items: np.ndarray, tail: np.ndarray, want_held: np.ndarray
+                    ) -> np.ndarray:
+        """Flat query index per click-group. A tail group with ``want_held`` draws among its
+        item's held-out queries, every other group among the open ones (all if it has none)."""
         c = self.c
-        use_open = ~tail & (c.q_open[items] > 0)
-        lo = np.zeros(len(items), np.int64)
-        if keep_held is not None:
-            n_held = c.q_all[items] - c.q_open[items]
-            use_open |= tail & ~keep_held & (c.q_open[items] > 0)
-            to_held = tail & keep_held & (n_held > 0)
-            lo = np.where(to_held, c.q_open[items], 0)
-        n = np.where(use_open, c.q_open[items], c.q_all[items]) - lo
+        held = tail & want_held & (c.q_held[items] > 0)
+        use_open = ~held & (c.q_open[items] > 0)
+        lo = np.where(held, c.q_open[items], 0)
+        n = np.where(held, c.q_held[items], np.where(use_open, c.q_open[items], c.q_all[items]))
         r = self.rng.random(len(items))
-        if stratum is not None:
-            for s in np.unique(stratum[stratum >= 0]):
-                rows = np.flatnonzero(stratum == s)
-                r[rows] = (self.rng.permutation(len(rows)) + r[rows]) / len(rows)
-        q = c.q_start[items] + lo + np.minimum(r * n, n - 1).astype(np.int64)
-        return q, int((~tail & (c.q_open[items] == 0)).sum())
+        return c.q_start[items] + lo + np.minimum(r * n, n - 1).astype(np.int64)
 
-    def draw(self, users: np.ndarray, tail: np.ndarray, stratum: np.ndarray | None = None,
-             keep_held: np.ndarray | None = None):
+    def draw(self, users: np.ndarray, tail: np.ndarray, want_held: np.ndarray,
+             stats: dict[str, int], avoid: np.ndarray | None = None):
+        """(topics, items, query indices, history groups on a held-out query) of one group per
+        row. A group whose item has no held-out query though it wants one, or whose query code
+        equals ``avoid`` (the previous group's), redraws (topic, item, query), at most
+        ``_HELD_ROUNDS`` times; a group still without a held-out query (or clashing) then takes
+        items with one by popularity (counted in ``stats``)."""
+        c = self.c
         topics = self.topics_for(users)
         items = self.items_for(users, topics)
-        q, fallback = self.queries_for(items, tail, stratum, keep_held)
-        return topics, items, q, fallback
+        q = self.queries_for(items, tail, want_held)
+
+        def bad(rows: np.ndarray) -> np.ndarray:
+            out = want_held[rows] & (c.q_held[items[rows]] == 0)
+            return out if avoid is None else out | (c.q_code[q[rows]] == avoid[rows])
+
+        need = bad(np.arange(len(users)))
+        stats["heldout_item_redraws"] += int((want_held & (c.q_held[items] == 0)).sum())
+        for _ in range(_HELD_ROUNDS):
+            idx = np.flatnonzero(need)
+            if not len(idx):
+                break
+            topics[idx] = self.topics_for(users[idx])
+            items[idx] = self.items_for(users[idx], topics[idx])
+            q[idx] = self.queries_for(items[idx], tail[idx], want_held[idx])
+            need[idx] = bad(idx)
+        stats["heldout_popularity_fallbacks"] += int((need & want_held).sum())
+        for _ in range(_HELD_ROUNDS):
+            left = np.flatnonzero(need & want_held)
+            if not len(left):
+                break
+            pick = np.searchsorted(c.held_cum, self.rng.random(len(left)), side="right")
+            items[left] = c.held_item[np.minimum(pick, len(c.held_item) - 1)]
+            topics[left] = c.topic_of[items[left]]
+            q[left] = self.queries_for(items[left], tail[left], want_held[left])
+            need[left] = bad(left)
+        return topics, items, q, int((~tail & (c.q_open[items] == 0)).sum())
+
+
+def _held_groups(from_end: np.ndarray, cfg: SimulatorConfig, c: _Corpus,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Tail groups that use a held-out query: exactly ``ceil(share x m)`` of the m groups at each
+    tail position (random ones), so validation and test get the same share."""
+    want = np.zeros(len(from_end), bool)
+    if cfg.request_share <= 0 or not len(c.held_item):
+        return want
+    for s in range(cfg.heldout_tail_groups):
+        rows = np.flatnonzero(from_end == s)
+        k = int(np.ceil(cfg.request_share * len(rows) - 1e-9))
+        want[rows[rng.permutation(len(rows))[:k]]] = True
+    return want
 
 
 def simulate_clicks(items: pd.DataFrame, queries_per_item: Mapping[str, Sequence[str]],
@@ -302,7 +271,8 @@ def simulate_clicks(items: pd.DataFrame, queries_per_item: Mapping[str, Sequence
     n_groups = np.minimum(cfg.min_groups_per_user + extra, cfg.max_groups_per_user)
     block = max(1, _CHUNK_CELLS // max(c.n_styles, c.n_topics, 1))
     parts, stats = [], {"history_fallback_groups": 0, "merged_groups": 0, "repeat_groups": 0,
-                        "multi_click_groups": 0}
+                        "multi_click_groups": 0, "heldout_tail_groups_drawn": 0,
+                        "heldout_item_redraws": 0, "heldout_popularity_fallbacks": 0}
     for b, lo in enumerate(range(0, cfg.n_users, block)):
         hi = min(cfg.n_users, lo + block)
         parts.append(_simulate_block(c, cfg, n_groups[lo:hi], lo,
@@ -335,10 +305,12 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
     pos = np.arange(len(user)) - user_first
     from_end = np.repeat(n_groups, n_groups) - 1 - pos
     tail = from_end < cfg.heldout_tail_groups
-    topic, item, q, fallback = ch.draw(user, tail, np.where(tail, from_end, -1))
+    want_held = _held_groups(from_end, cfg, c, rng)
+    topic, item, q, fallback = ch.draw(user, tail, want_held, stats)
     # repeats: copy (topic, item, query) of a uniformly chosen earlier group of the same user,
-    # not the one just before (the two would merge into one click-group)
-    rep = (pos > 1) & (rng.random(len(user)) < cfg.repeat_query_prob)
+    # not the one just before (the two would merge into one click-group); held-out tail groups
+    # never repeat (an earlier query is a seen one)
+    rep = (pos > 1) & ~want_held & (rng.random(len(user)) < cfg.repeat_query_prob)
     src = np.where(rep, user_first + (rng.random(len(user)) * (pos - 1)).astype(np.int64),
                    np.arange(len(user)))
     while rep[src].any():  # follow chains back to an original group (indices strictly drop)
@@ -350,14 +322,15 @@ def _simulate_block(c: _Corpus, cfg: SimulatorConfig, n_groups: np.ndarray, firs
         clash = np.flatnonzero((pos > 0) & (c.q_code[q] == np.r_[-1, c.q_code[q][:-1]]))
         if not len(clash):
             break
-        was_held = q - c.q_start[item] >= c.q_open[item]
-        t2, i2, q2, fb = ch.draw(user[clash], tail[clash], keep_held=was_held[clash])
+        t2, i2, q2, fb = ch.draw(user[clash], tail[clash], want_held[clash], stats,
+                                 avoid=c.q_code[q[clash - 1]])
         topic[clash], item[clash], q[clash] = t2, i2, q2
         fallback += fb
         rep[clash] = False
     stats["merged_groups"] += int(((pos > 0) & (c.q_code[q] == np.r_[-1, c.q_code[q][:-1]])).sum())
     stats["history_fallback_groups"] += fallback
     stats["repeat_groups"] += int(rep.sum())
+    stats["heldout_tail_groups_drawn"] += int((tail & (q - c.q_start[item] >= c.q_open[item])).sum())
     # extra clicks on other items of the same topic, by the same preference
     n_extra = np.where(rng.random(len(user)) < cfg.multi_click_prob,
                        rng.integers(1, max(cfg.max_clicks_per_group, 2), size=len(user)), 0)

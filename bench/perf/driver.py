@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.perf.config import MB, PAPER_REQUESTS, PAPER_STICKERS, TARGETS, PerfConfig
+from bench.perf.config import MB, ORDER, PAPER_REQUESTS, PAPER_STICKERS, TARGETS, PerfConfig
 from bench.perf.measure import (MemorySampler, StageClock, default_retrievers, max_rss,
                                 measure_help, measure_retriever, measure_sweep_trial)
 from bench.perf.scaling import run_scaling
@@ -171,6 +171,7 @@ def run_perf(cfg: PerfConfig, out: str | Path, echo: Callable[[str], None] = pri
         records = result["retrievers"]
         result["pipeline"] = {
             "retrievers_s": sum(r["e2e_s"] for r in records.values()),
+            "default_s": default_pipeline_s(records),
             "data_s": sum(v["seconds"] for v in clock.of("data").values()),
             "peak_rss_mb": max_rss() / MB}
         result["pipeline"]["with_data_s"] = result["pipeline"]["retrievers_s"] + \
@@ -208,6 +209,12 @@ def run_perf(cfg: PerfConfig, out: str | Path, echo: Callable[[str], None] = pri
                                    encoding="utf-8")
     (out / "perf.md").write_text(render_markdown(result), encoding="utf-8")
     return result
+
+
+def default_pipeline_s(records: dict[str, Any]) -> float:
+    """Seconds end to end of the default retrievers (:data:`bench.perf.config.ORDER`: bm25 + the
+    7 PerSRV variants) among ``records``: what the pipeline target counts."""
+    return float(sum(r["e2e_s"] for n, r in records.items() if n in ORDER))
 
 
 def _read_previous(path: str | Path) -> dict[str, Any]:
@@ -287,10 +294,10 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     pipe = result.get("pipeline", {})
     rb = result.get("rank_bm25") or {}
     values = {
-        "pipeline_s": (pipe.get("retrievers_s"),
-                       f"{len(result.get('retrievers', {}))} retrievers, fit + search + metrics "
-                       f"(data loading {pipe.get('data_s', 0):.1f} s more: "
-                       f"{pipe.get('with_data_s', 0):.1f} s)"),
+        "pipeline_s": (pipe.get("default_s", pipe.get("retrievers_s")),
+                       f"{sum(n in ORDER for n in result.get('retrievers', {}))} default "
+                       "retrievers (bm25 + PerSRV variants), fit + search + metrics "
+                       f"(data loading {pipe.get('data_s', 0):.1f} s more)"),
         "peak_rss_gb": (None if pipe.get("peak_rss_mb") is None else pipe["peak_rss_mb"] / 1024,
                         "process peak RSS (VmHWM) after loading and every retriever"),
         "bm25_fastest": fastest_ratio(result),
@@ -324,6 +331,7 @@ def perf_metrics(result: dict[str, Any]) -> dict[str, float]:
 
     pipe = result.get("pipeline", {})
     put("pipeline_retrievers_s", pipe.get("retrievers_s"))
+    put("pipeline_default_s", pipe.get("default_s"))
     put("pipeline_with_data_s", pipe.get("with_data_s"))
     put("pipeline_peak_rss_mb", pipe.get("peak_rss_mb"))
     put("process_peak_rss_mb", result.get("process_peak_rss_mb"))

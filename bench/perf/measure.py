@@ -188,6 +188,15 @@ def _recall_cached(retriever, queries: list[str]) -> bool | None:
     return all(q in where for q in queries)
 
 
+def _as_searched(retriever, k: int):
+    """The retriever whose recall/personalize ``search`` runs: with ``pool_per_k`` > 0
+    (``persrv-reference``) the recall depth is ``pool_per_k x k``, as in ``PerSRV.search``."""
+    per_k = int(getattr(retriever, "pool_per_k", 0) or 0)
+    if per_k > 0 and hasattr(retriever, "with_params"):
+        return retriever.with_params(pool=max(1, per_k * int(k)), pool_per_k=0)
+    return retriever
+
+
 def measure_retriever(name: str, data: PerfData, cfg: PerfConfig, clock: StageClock,
                       label: str | None = None) -> tuple[dict[str, Any], Any, Any]:
     """Fit, search (batched, as the runner), evaluate; returns (record, retriever, run).
@@ -215,18 +224,19 @@ def measure_retriever(name: str, data: PerfData, cfg: PerfConfig, clock: StageCl
     shared = _recall_cached(retriever, queries)
     run = Run(name=label)
     k = int(cfg.k)
+    searcher = _as_searched(retriever, k)
     split = all(hasattr(retriever, m) for m in ("recall", "personalize", "to_run")) and \
-        k <= int(getattr(retriever, "pool", 0))
+        k <= int(getattr(searcher, "pool", 0))
     search0 = time.perf_counter()
     for batch in iter_batches(reqs, cfg.batch_size):
         batch = list(batch)
         if split:
             with clock.stage(label, "recall"):
-                pool = retriever.recall(batch)
+                pool = searcher.recall(batch)
             with clock.stage(label, "rerank"):
-                ids, scores = retriever.personalize(pool, batch, k)
+                ids, scores = searcher.personalize(pool, batch, k)
             with clock.stage(label, "results"):
-                run.results.update(retriever.to_run(batch, ids, scores).results)
+                run.results.update(searcher.to_run(batch, ids, scores).results)
         else:
             with clock.stage(label, "recall"):
                 part = retriever.search(batch, k)

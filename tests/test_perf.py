@@ -4,6 +4,7 @@ import copy
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -209,3 +210,89 @@ def test_stage_clock_time_memory_and_method_wrappers():
     row = clock.of("thing")["build"]
     assert row["calls"] == 2 and row["seconds"] > 0
     assert row["peak_rss_mb"] >= 60  # the 64 MB array was resident during the stage
+
+
+def test_make_requests_equals_a_pandas_groupby_on_the_quickstart_shape():
+    """The array pass of make_requests gives the groupby's requests (order included) and
+    relevant sets on the quickstart's clicks (1,000 stickers, 300 users, attrs carried)."""
+    from bench.data.simulate import simulate_clicks, simulator_config
+    from bench.data.splits import make_requests, split_interactions
+    from bench.data.synthetic import synthetic_stickers, vocabulary
+    from bench.retrieval import Request
+    stickers, _ = synthetic_stickers(1000, "en", 6, 0)
+    vocab = vocabulary("en")
+    queries = dict(zip(stickers["sticker_id"], (vocab[c][1] for c in stickers["gt_topic"])))
+    cfg = simulator_config({"n_users": 300}, seed=0, group_col="gt_style", topic_col="gt_topic")
+    clicks = simulate_clicks(stickers, queries, cfg)
+    assert clicks.attrs["heldout_queries"]
+    splits = split_interactions(clicks, heldout_queries=set(clicks.attrs["heldout_queries"]))
+    for frame in (splits.train, splits.validation, splits.test, clicks):
+        df = frame.sort_values(["user_id", "ts"], kind="stable")
+        expected = {Request(str(u), str(q)): set(ids.astype(str)) for (u, q), ids in
+                    df.groupby(["user_id", "query"], sort=False)["sticker_id"]}
+        got = make_requests(frame)
+        assert got.requests == list(expected) and got.relevant == expected
+    assert len(splits.requests("test")) == 300
+    ints = pd.DataFrame({"user_id": ["b", "a", "a", "b"], "query": ["x", "y", "y", "x"],
+                         "sticker_id": [3, 1, 2, 3], "ts": [1, 2, 1, 0]})
+    got = make_requests(ints)
+    assert got.requests == [Request("a", "y"), Request("b", "x")]
+    assert got.relevant[Request("a", "y")] == {"1", "2"}
+
+
+def test_default_retrievers_are_the_pipeline_of_the_target():
+    from bench.perf.measure import default_retrievers
+    assert default_retrievers() == ["bm25", "persrv", "persrv-no-personalization",
+                                    "persrv-no-description", "persrv-no-utility", "persrv-bm25",
+                                    "persrv-no-ocr", "persrv-no-queries"]
+
+
+@pytest.mark.parametrize("mode,weight,never_lower", [("multiply", 0.3, True),
+                                                     ("multiply", -0.4, False),
+                                                     ("sum", 0.5, False), ("sum", 0.2, True)])
+def test_standardized_rerank_equals_scoring_the_whole_pool(mode, weight, never_lower):
+    """The pruned standardised re-rank (only pool entries whose upper bound reaches the k-th
+    lower bound are scored) gives bit-identical ids and scores to scoring every pooled sticker
+    and taking the top k (ties by pool position), on random pools with ties, padding and
+    users without clusters."""
+    from bench.persrv.clustering import ClusterConfig
+    from bench.persrv.rerank import top_k_entries
+    from bench.persrv.standardized import (StandardizedClusters, _standardized_scores,
+                                           rerank_standardized)
+    rng = np.random.default_rng(7)
+    n_st, d, P, nq, nu, k = 400, 8, 150, 70, 9, 10
+    emb = rng.normal(size=(n_st, d)).astype(np.float32)
+    ncl = rng.integers(0, 4, size=nu)
+    offs = np.r_[0, np.cumsum(ncl)]
+    cl = StandardizedClusters(user_ids=np.array([f"u{i}" for i in range(nu)]), offsets=offs,
+                              centroids=rng.normal(size=(offs[-1], d)).astype(np.float32),
+                              radii=(rng.random(offs[-1]) * 4).astype(np.float32),
+                              sizes=np.ones(offs[-1], dtype=np.int64), config=ClusterConfig(),
+                              mean=rng.normal(size=(nu, d)) * 0.1,
+                              scale=rng.random((nu, d)) + 0.5)
+    pool_ids = np.stack([rng.permutation(n_st)[:P] for _ in range(nq)]).astype(np.int32)
+    pool_sc = -np.sort(-np.round(rng.gamma(2.0, 1.0, (nq, P)), 1).astype(np.float32), axis=1)
+    pool_ids[:5, 100:] = -1
+    pool_sc[:5, 100:] = -np.inf
+    pool_ids[5, 4:] = -1          # fewer valid entries than k
+    pool_sc[5, 4:] = -np.inf
+    users = rng.integers(-1, nu, size=nq)
+    ids, scores = rerank_standardized(pool_ids, pool_sc, users, emb, cl, weight=weight,
+                                      mode=mode, k=k, never_lower=never_lower)
+    todo = np.flatnonzero((users >= 0) & (cl.n_clusters[np.maximum(users, 0)] > 0))
+    assert 0 < len(todo) < nq
+    final = _standardized_scores(pool_ids[todo], pool_sc[todo], users[todo], emb, cl,
+                                 float(weight), mode, never_lower)
+    pos, want_scores = top_k_entries(final, np.broadcast_to(np.arange(P), final.shape), k)
+    want_ids = np.where(pos >= 0, pool_ids[todo][np.arange(len(todo))[:, None],
+                                                   np.maximum(pos, 0)], -1)
+    assert np.array_equal(ids[todo, :want_ids.shape[1]], want_ids)
+    assert np.array_equal(scores[todo, :want_ids.shape[1]], want_scores)
+    assert (ids[5, 4:] == -1).all() and np.isneginf(scores[5, 4:]).all()
+    rest = np.setdiff1d(np.arange(nq), todo)
+    assert np.array_equal(ids[rest], pool_ids[rest, :k])
+    # a pool of one request scored alone gives the same result (no dependence on the block)
+    i = int(todo[0])
+    one = rerank_standardized(pool_ids[i:i + 1], pool_sc[i:i + 1], users[i:i + 1], emb, cl,
+                              weight=weight, mode=mode, k=k, never_lower=never_lower)
+    assert np.array_equal(one[0][0], ids[i]) and np.array_equal(one[1][0], scores[i])

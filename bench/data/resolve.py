@@ -51,9 +51,18 @@ def resolve_dataset(spec: DatasetSpec) -> Dataset:
     return load_dataset(out, on_invalid=spec.on_invalid) if spec.on_invalid != "error" else ds
 
 
+def builder_code_version() -> str:
+    """A digest of the dataset-building code (``bench/data/*.py``): a cached build made by other
+    builder or simulator code is not reused (same parameters can give other clicks)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _params_key(spec: DatasetSpec) -> str:
-    blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params,
+                       "code": builder_code_version()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

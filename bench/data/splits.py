@@ -258,9 +258,20 @@ def make_requests(clicks: pd.DataFrame) -> Requests:
     """
     if clicks.empty:
         return Requests([], {})
+    # One pass over plain arrays (a pandas groupby iteration copies the frame's ``attrs``, e.g.
+    # the simulator's held-out query list, into every group: 32 s on 116,659 clicks). Same
+    # result: groups in order of first appearance, rows with a missing key dropped.
     df = clicks.sort_values(["user_id", "ts"], kind="stable")
-    grouped = df.groupby(["user_id", "query"], sort=False)["sticker_id"]
-    relevant: dict[Request, set[str]] = {}
-    for (user, query), ids in grouped:
-        relevant[Request(str(user), str(query))] = set(ids.astype(str))
+    users = df["user_id"].to_numpy(dtype=object)
+    queries = df["query"].to_numpy(dtype=object)
+    sids = df["sticker_id"].astype(str).to_numpy(dtype=object)
+    keep = ~(pd.isna(users) | pd.isna(queries))
+    by_pair: dict[tuple[Any, Any], set[str]] = {}
+    for user, query, sid in zip(users[keep].tolist(), queries[keep].tolist(),
+                                sids[keep].tolist()):
+        ids = by_pair.get((user, query))
+        if ids is None:
+            by_pair[(user, query)] = ids = set()
+        ids.add(sid)
+    relevant = {Request(str(u), str(q)): ids for (u, q), ids in by_pair.items()}
     return Requests(list(relevant), relevant)

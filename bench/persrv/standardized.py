@@ -22,10 +22,13 @@ import scipy.sparse as sp
 
 from bench.persrv.clustering import (ClusterConfig, UserClusters, UserPoints, cluster_labels,
                                      clusters_from_labels)
+from bench.persrv.fields import n_threads as resolve_threads
 from bench.persrv.rerank import MODES, top_k_entries
 
-#: Floats of one (requests x pool x dim) block of standardised pooled embeddings.
+#: Floats of one (requests x candidates x dim) block of standardised pooled embeddings.
 BLOCK_FLOATS = 1 << 22
+#: Requests whose pools are bounded at once (then scored in blocks of similar candidate counts).
+CHUNK = 512
 #: Relative tolerance of the coverage test ``distance <= radius`` (round-off).
 COVER_RTOL = 1e-5
 
@@ -67,12 +70,17 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
                         request_user_index: np.ndarray, embeddings: np.ndarray,
                         clusters: StandardizedClusters, weight: float = 0.3,
                         mode: str = "multiply", k: int | None = None,
-                        pool_row: np.ndarray | None = None, never_lower: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        pool_row: np.ndarray | None = None, never_lower: bool = False,
+                        n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank recall pools in each user's standardised space (see the module doc); the same
     inputs and outputs as :func:`bench.persrv.rerank.rerank` (ids int32 (n, k) padded with -1,
-    scores float32 padded with -inf, best first, ties by pool position). Every pooled sticker
-    is scored (the reference's pools are 5 x k deep)."""
+    scores float32 padded with -inf, best first, ties by pool position).
+
+    The exact top ``k`` of the fully re-ranked pool, but only the pooled stickers that can reach
+    it are scored: a sticker's new score lies between bounds (:func:`_bounds`, cos in [-1, 1]),
+    and one whose upper bound is below the k-th largest lower bound of its row cannot enter the
+    top k. The candidates are scored left-aligned, rows in blocks of similar candidate counts;
+    ``n_threads``: request chunks scored in parallel (default: available CPUs, at most 4)."""
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
     pool_ids = np.asarray(pool_ids)
@@ -92,19 +100,85 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
     out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
     out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
     todo = np.flatnonzero(n_cl > 0)
-    step = max(1, BLOCK_FLOATS // max(1, P * embeddings.shape[1]))
-    for a in range(0, len(todo), step):
-        chunk = todo[a:a + step]
-        final = _standardized_scores(pool_ids[prow[chunk]], pool_scores[prow[chunk]],
-                                     users[chunk], embeddings, clusters, float(weight), mode,
-                                     never_lower)
-        top_pos, top_scores = top_k_entries(final, np.broadcast_to(np.arange(P), final.shape), kk)
-        rows = np.arange(len(chunk))[:, None]
-        ids = pool_ids[prow[chunk]]
-        out_ids[chunk, :top_pos.shape[1]] = np.where(top_pos >= 0,
-                                                     ids[rows, np.maximum(top_pos, 0)], -1)
-        out_scores[chunk, :top_pos.shape[1]] = top_scores
+    w, d = float(weight), embeddings.shape[1]
+
+    def run_chunk(a: int) -> None:
+        chunk = todo[a:a + CHUNK]
+        ids, scores = pool_ids[prow[chunk]], pool_scores[prow[chunk]]
+        cand = _candidates(ids, scores, kk, w, mode, never_lower)
+        counts = cand.sum(axis=1)
+        order = np.argsort(counts, kind="stable")
+        order = order[counts[order] > 0]
+        start = 0
+        while start < len(order):
+            nb = len(order) - start
+            while nb > 1 and nb * int(counts[order[start + nb - 1]]) * d > BLOCK_FLOATS:
+                nb = (nb + 1) // 2
+            sel = order[start:start + nb]
+            start += nb
+            pos, live = _left_aligned(cand[sel], counts[sel])
+            rows = np.arange(nb)[:, None]
+            g_ids = np.where(live, ids[sel][rows, pos], -1)
+            final = _standardized_scores(g_ids, scores[sel][rows, pos], users[chunk[sel]],
+                                         embeddings, clusters, w, mode, never_lower)
+            top_pos, top_scores = top_k_entries(final, pos, kk)
+            dest = chunk[sel]
+            n = top_pos.shape[1]
+            out_ids[dest, :n] = np.where(top_pos >= 0, ids[sel][rows, np.maximum(top_pos, 0)],
+                                         -1)
+            out_scores[dest, :n] = top_scores
+
+    starts = list(range(0, len(todo), CHUNK))
+    threads = min(len(starts), resolve_threads(n_threads))
+    if threads <= 1:
+        for a in starts:
+            run_chunk(a)
+    else:  # numpy's einsum, gathers and partitions release the GIL; disjoint output rows
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(run_chunk, starts))
     return out_ids, out_scores
+
+
+def _bounds(s: np.ndarray, w: float, mode: str, never_lower: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) bounds (float64) of the re-ranked score of pool scores ``s``: a covered
+    sticker gets ``s (1 + w cos)`` or ``s + w cos`` with cos in [-1, 1], an uncovered one keeps
+    ``s``; ``never_lower`` keeps at least ``s``."""
+    s = s.astype(np.float64)
+    if mode == "multiply":
+        a, b = s * (1.0 - w), s * (1.0 + w)
+    else:
+        a, b = s - w, s + w
+    lo, hi = np.minimum(np.minimum(a, b), s), np.maximum(np.maximum(a, b), s)
+    return (s if never_lower else lo), hi
+
+
+def _candidates(ids, scores, kk, w, mode, never_lower) -> np.ndarray:
+    """Mask (n, P) of the valid pool entries whose upper bound reaches the kk-th largest lower
+    bound of their row (lowered by a little more than round-off, so ties are kept)."""
+    valid = ids >= 0
+    lo, hi = _bounds(np.where(valid, scores, 0.0), w, mode, never_lower)
+    lo[~valid] = -np.inf
+    P = lo.shape[1]
+    if kk >= P:
+        return valid
+    kth = np.partition(lo, P - kk, axis=1)[:, P - kk]
+    thr = np.where(np.isfinite(kth), kth - (1e-5 * np.abs(kth) + 1e-6), -np.inf)
+    return valid & (hi >= thr[:, None])
+
+
+def _left_aligned(mask: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column positions of each row's True entries, left-aligned: (positions int64 (n, m),
+    live bool (n, m)), m = the largest count; padding positions are 0."""
+    n, m = len(mask), int(counts.max(initial=0))
+    r_idx, p_idx = np.nonzero(mask)
+    slot = np.arange(len(r_idx)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.zeros((n, max(m, 1)), dtype=np.int64)
+    live = np.zeros((n, max(m, 1)), dtype=bool)
+    pos[r_idx, slot] = p_idx
+    live[r_idx, slot] = True
+    return pos, live
 
 
 def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, never_lower):
@@ -118,7 +192,9 @@ def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, neve
     cidx = np.where(cmask, clusters.offsets[users][:, None] + cslot[None, :], 0)
     C = clusters.centroids[cidx].astype(np.float64)                                # (n, K, d)
     R = np.where(cmask, clusters.radii[cidx], -np.inf)
-    dot = np.matmul(Z, C.transpose(0, 2, 1))                                       # (n, P, K)
+    # einsum's own loop, not BLAS: each dot product is summed in the same order whatever the
+    # block's shape, so scoring a subset of a pool gives bit-identical scores (gemm does not).
+    dot = np.einsum("npd,nkd->npk", Z, C)                                          # (n, P, K)
     zz = np.einsum("npd,npd->np", Z, Z)[..., None]
     cc = np.einsum("nkd,nkd->nk", C, C)[:, None, :]
     dist = np.sqrt(np.maximum(zz + cc - 2.0 * dot, 0.0))

@@ -1,0 +1,24 @@
+"""A dataset built on the fly is reused only when builder, parameters and builder code match."""
+
+from __future__ import annotations
+
+from bench.config import DatasetSpec
+
+
+def test_built_dataset_is_rebuilt_when_the_builder_code_changes(isolated_cache, monkeypatch,
+                                                                caplog):
+    import logging
+
+    import bench.data.resolve as resolve
+    spec = DatasetSpec(builder="synthetic", params={"n_stickers": 40, "n_users": 8, "seed": 0,
+                                                    "images": False})
+    caplog.set_level(logging.INFO, logger="bench.data.resolve")
+    first = resolve.resolve_dataset(spec)
+    caplog.clear()
+    again = resolve.resolve_dataset(spec)
+    assert "reusing dataset built earlier" in caplog.text
+    assert again.fingerprint == first.fingerprint
+    monkeypatch.setattr(resolve, "builder_code_version", lambda: "other-simulator-code")
+    caplog.clear()
+    resolve.resolve_dataset(spec)
+    assert "reusing" not in caplog.text and "building dataset synthetic" in caplog.text

@@ -254,13 +254,14 @@ def test_standardized_rerank_equals_scoring_the_whole_pool(mode, weight, never_l
     """The pruned standardised re-rank (only pool entries whose upper bound reaches the k-th
     lower bound are scored) gives bit-identical ids and scores to scoring every pooled sticker
     and taking the top k (ties by pool position), on random pools with ties, padding and
-    users without clusters."""
+    users without clusters (pools wider than WHOLE_POOL; narrower ones are scored whole)."""
     from bench.persrv.clustering import ClusterConfig
     from bench.persrv.rerank import top_k_entries
     from bench.persrv.standardized import (StandardizedClusters, _standardized_scores,
                                            rerank_standardized)
     rng = np.random.default_rng(7)
-    n_st, d, P, nq, nu, k = 400, 8, 150, 70, 9, 10
+    from bench.persrv.standardized import WHOLE_POOL
+    n_st, d, P, nq, nu, k = 900, 8, WHOLE_POOL + 88, 70, 9, 10
     emb = rng.normal(size=(n_st, d)).astype(np.float32)
     ncl = rng.integers(0, 4, size=nu)
     offs = np.r_[0, np.cumsum(ncl)]
@@ -272,8 +273,8 @@ def test_standardized_rerank_equals_scoring_the_whole_pool(mode, weight, never_l
                               scale=rng.random((nu, d)) + 0.5)
     pool_ids = np.stack([rng.permutation(n_st)[:P] for _ in range(nq)]).astype(np.int32)
     pool_sc = -np.sort(-np.round(rng.gamma(2.0, 1.0, (nq, P)), 1).astype(np.float32), axis=1)
-    pool_ids[:5, 100:] = -1
-    pool_sc[:5, 100:] = -np.inf
+    pool_ids[:5, 300:] = -1
+    pool_sc[:5, 300:] = -np.inf
     pool_ids[5, 4:] = -1          # fewer valid entries than k
     pool_sc[5, 4:] = -np.inf
     users = rng.integers(-1, nu, size=nq)
@@ -296,3 +297,10 @@ def test_standardized_rerank_equals_scoring_the_whole_pool(mode, weight, never_l
     one = rerank_standardized(pool_ids[i:i + 1], pool_sc[i:i + 1], users[i:i + 1], emb, cl,
                               weight=weight, mode=mode, k=k, never_lower=never_lower)
     assert np.array_equal(one[0][0], ids[i]) and np.array_equal(one[1][0], scores[i])
+    # pools up to WHOLE_POOL wide are scored whole with the BLAS product, as before
+    small = rerank_standardized(pool_ids[:, :100], pool_sc[:, :100], users, emb, cl,
+                                weight=weight, mode=mode, k=k, never_lower=never_lower)
+    final = _standardized_scores(pool_ids[todo, :100], pool_sc[todo, :100], users[todo], emb,
+                                 cl, float(weight), mode, never_lower, blas=True)
+    pos, want_scores = top_k_entries(final, np.broadcast_to(np.arange(100), final.shape), k)
+    assert np.array_equal(small[1][todo, :want_scores.shape[1]], want_scores)

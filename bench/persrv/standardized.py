@@ -27,6 +27,9 @@ from bench.persrv.rerank import MODES, top_k_entries
 
 #: Floats of one (requests x candidates x dim) block of standardised pooled embeddings.
 BLOCK_FLOATS = 1 << 22
+#: Widest pool scored whole with BLAS products (the scores of earlier versions); wider pools
+#: are pruned to the entries that can reach the top k (see :func:`rerank_standardized`).
+WHOLE_POOL = 512
 #: Requests whose pools are bounded at once (then scored in blocks of similar candidate counts).
 CHUNK = 512
 #: Relative tolerance of the coverage test ``distance <= radius`` (round-off).
@@ -76,8 +79,8 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
     inputs and outputs as :func:`bench.persrv.rerank.rerank` (ids int32 (n, k) padded with -1,
     scores float32 padded with -inf, best first, ties by pool position).
 
-    The exact top ``k`` of the fully re-ranked pool, but only the pooled stickers that can reach
-    it are scored: a sticker's new score lies between bounds (:func:`_bounds`, cos in [-1, 1]),
+    Pools up to :data:`WHOLE_POOL` wide are scored whole. Wider ones give the exact top ``k`` of
+    the fully re-ranked pool, but only the pooled stickers that can reach it are scored: a sticker's new score lies between bounds (:func:`_bounds`, cos in [-1, 1]),
     and one whose upper bound is below the k-th largest lower bound of its row cannot enter the
     top k. The candidates are scored left-aligned, rows in blocks of similar candidate counts;
     ``n_threads``: request chunks scored in parallel (default: available CPUs, at most 4)."""
@@ -101,6 +104,22 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
     out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
     todo = np.flatnonzero(n_cl > 0)
     w, d = float(weight), embeddings.shape[1]
+
+    if P <= WHOLE_POOL:  # small pools (the reference's 5 x k): scored whole, as before
+        step = max(1, BLOCK_FLOATS // max(1, P * d))
+        for a in range(0, len(todo), step):
+            chunk = todo[a:a + step]
+            final = _standardized_scores(pool_ids[prow[chunk]], pool_scores[prow[chunk]],
+                                         users[chunk], embeddings, clusters, w, mode,
+                                         never_lower, blas=True)
+            top_pos, top_scores = top_k_entries(final, np.broadcast_to(np.arange(P),
+                                                                       final.shape), kk)
+            ids = pool_ids[prow[chunk]]
+            n = top_pos.shape[1]
+            out_ids[chunk, :n] = np.where(top_pos >= 0, ids[np.arange(len(chunk))[:, None],
+                                                             np.maximum(top_pos, 0)], -1)
+            out_scores[chunk, :n] = top_scores
+        return out_ids, out_scores
 
     def run_chunk(a: int) -> None:
         chunk = todo[a:a + CHUNK]
@@ -181,7 +200,8 @@ def _left_aligned(mask: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.
     return pos, live
 
 
-def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, never_lower):
+def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, never_lower,
+                         blas=False):
     """Re-ranked scores (n, P) float32 of pools ``ids``/``scores`` (n, P) of users ``users``."""
     valid = ids >= 0
     Z = (embeddings[np.maximum(ids, 0)].astype(np.float64)
@@ -192,9 +212,10 @@ def _standardized_scores(ids, scores, users, embeddings, clusters, w, mode, neve
     cidx = np.where(cmask, clusters.offsets[users][:, None] + cslot[None, :], 0)
     C = clusters.centroids[cidx].astype(np.float64)                                # (n, K, d)
     R = np.where(cmask, clusters.radii[cidx], -np.inf)
-    # einsum's own loop, not BLAS: each dot product is summed in the same order whatever the
+    # blas: a BLAS product (whole pools up to WHOLE_POOL wide: the scores of earlier versions);
+    # else einsum's own loop, which sums each dot product in the same order whatever the
     # block's shape, so scoring a subset of a pool gives bit-identical scores (gemm does not).
-    dot = np.einsum("npd,nkd->npk", Z, C)                                          # (n, P, K)
+    dot = np.matmul(Z, C.transpose(0, 2, 1)) if blas else np.einsum("npd,nkd->npk", Z, C)
     zz = np.einsum("npd,npd->np", Z, Z)[..., None]
     cc = np.einsum("nkd,nkd->nk", C, C)[:, None, :]
     dist = np.sqrt(np.maximum(zz + cc - 2.0 * dot, 0.0))

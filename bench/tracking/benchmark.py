@@ -90,8 +90,10 @@ class BenchmarkLog:
         """The dataset on a run (fills MLflow's Dataset column): its sticker table's schema,
         fingerprint as digest, resolved directory as source."""
         import pandas as pd
-        summary = pd.DataFrame({"stickers": [len(ds.stickers)], "clicks": [len(ds.interactions)],
-                                "users": [ds.interactions["user_id"].nunique()]})
+        # float columns: MLflow warns about integer columns in an inferred schema
+        summary = pd.DataFrame({"stickers": [float(len(ds.stickers))],
+                                "clicks": [float(len(ds.interactions))],
+                                "users": [float(ds.interactions["user_id"].nunique())]})
         source = str(ds.root) if getattr(ds, "root", None) is not None else ds.name
         self.tracker.log_dataset(run_id, summary, name=ds.name, digest=ds.fingerprint,
                                  source=source, context="evaluation")

@@ -16,7 +16,10 @@ agree to float32 rounding):
 
 - ``native`` (default, the fastest measured: see the note of :mod:`bench.bm25`): the project's
   BM25 core :mod:`bench.bm25` — vectorised tokenisation, one CSR build of the term x document
-  weights, one sparse product per block of queries, one top-k over the scored entries.
+  weights; search by ``scoring``: ``"pruned"`` (default) is the exact MaxScore kernel
+  :mod:`bench.bm25.pruned` (numba; documents that cannot enter the top-k are skipped),
+  ``"exhaustive"`` one sparse product per block of queries and one top-k over the scored
+  entries. Both give identical ids and float32 scores (same summation order, same ties).
 - ``bm25s``: bm25s builds the term x document score matrix (``method="lucene"``; its indexing
   loops over documents in Python); retrieval is the same block loop and top-k as ``native``.
 - ``rank-bm25``: ``rank_bm25.BM25Okapi``, one dense pass per query — a slow reference. Its
@@ -45,7 +48,7 @@ from bench.errors import ConfigError
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
 from bench.bm25.index import bm25_weights, counts_from_codes
-from bench.bm25.scoring import query_matrix, search_blocks
+from bench.bm25.scoring import n_threads, query_matrix, search_blocks
 from bench.text import CHINESE_MODES, Tokenizer, tokenize_to_codes
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 #: The field name that means "every query under which the sticker was clicked in train".
 QUERIES_FIELD = "queries"
 BACKENDS = ("native", "bm25s", "rank-bm25")
+#: Search paths of the native and bm25s backends (identical results; module doc).
+SCORINGS = ("pruned", "exhaustive")
 #: Upper bound on the non-zeros of one block's sparse product (sum of the query terms' postings).
 MAX_BLOCK_POSTINGS = 1 << 24
 
@@ -164,14 +169,16 @@ class BM25Retriever:
     ``backend``: ``"native"`` (the project's BM25 core, fastest), ``"bm25s"`` (bm25s builds the
     index) or ``"rank-bm25"`` (reference, slow; see module doc for its formula). ``k1``, ``b``: BM25 parameters. ``stem``: PyStemmer language or None.
     ``chinese``: ``"jieba"``, ``"char"`` or ``"none"`` (see :class:`bench.text.Tokenizer`).
-    ``batch_size``: most queries per sparse product.
+    ``scoring``: ``"pruned"`` (exact MaxScore top-k, numba, threaded) or ``"exhaustive"`` (block
+    sparse products), identical results; ``batch_size``: most queries per sparse product
+    (``exhaustive`` only).
     """
 
     name = "bm25"
 
     def __init__(self, fields: list[str] | str = "all", backend: str = "native",
                  k1: float = 1.2, b: float = 0.75, stem: str | None = None,
-                 chinese: str = "jieba", batch_size: int = 1024):
+                 chinese: str = "jieba", batch_size: int = 1024, scoring: str = "pruned"):
         self.fields = fields
         self.backend = backend
         self.k1 = k1
@@ -179,6 +186,7 @@ class BM25Retriever:
         self.stem = stem
         self.chinese = chinese
         self.batch_size = batch_size
+        self.scoring = scoring
 
     def _check_params(self) -> None:
         if self.backend not in BACKENDS:
@@ -190,6 +198,9 @@ class BM25Retriever:
         if self.k1 < 0 or not 0 <= self.b <= 1:
             raise ConfigError(f"{self.name}: need k1 >= 0 and 0 <= b <= 1 "
                               f"(got k1={self.k1}, b={self.b})")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"{self.name}: scoring must be one of {', '.join(SCORINGS)}, "
+                              f"got {self.scoring!r}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
 
@@ -224,7 +235,21 @@ class BM25Retriever:
             ends = np.cumsum(lengths).tolist()
             docs = [words[e - n:e] for n, e in zip(lengths.tolist(), ends)]
             self.index_ = rank_bm25.BM25Okapi(docs, k1=self.k1, b=self.b)
+        if self.backend != "rank-bm25" and self.scoring == "pruned":
+            from bench.bm25 import pruned
+            self._pruned_index()
+            # load (or, the first time on this machine, compile) the kernel now, not in search
+            self.jit_s_ = pruned.warm_up(parallel=n_threads(None) > 1)
         return self
+
+    def _pruned_index(self):
+        """The :class:`bench.bm25.pruned.PrunedIndex` of ``index_`` (rebuilt if ``index_`` was
+        replaced, e.g. on a copy holding other weights)."""
+        from bench.bm25 import pruned
+        cached = self.__dict__.get("_pruned")
+        if cached is None or cached.source is not self.index_:
+            cached = self._pruned = pruned.PrunedIndex(self.index_)
+        return cached
 
     def _fit_bm25s(self, codes: np.ndarray, lengths: np.ndarray, terms: list[str]) -> None:
         import bm25s
@@ -268,7 +293,9 @@ class BM25Retriever:
 
     def _search_index(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows of the term x document ``index_`` (native and bm25s): one sparse query
-        matrix of token counts, scored block by block (:func:`bench.bm25.search_blocks`)."""
+        matrix of token counts, scored by the MaxScore kernel (``scoring="pruned"``, when its
+        bounds hold: :func:`bench.bm25.pruned.usable`) or block by block
+        (:func:`bench.bm25.search_blocks`); identical results."""
         codes, lengths, terms = tokenize_to_codes(self.tokenizer_, queries)
         index = self.__dict__.get("_terms")
         if index is None or len(index) != len(self.vocab_):
@@ -277,6 +304,11 @@ class BM25Retriever:
             if terms else np.zeros(0, dtype=np.int64)
         query_of = np.repeat(np.arange(len(queries), dtype=np.int64), lengths)
         q = query_matrix([(query_of, rows, 1.0)], len(queries), self.index_.shape[0])
+        if self.scoring == "pruned":
+            from bench.bm25 import pruned
+            prepared = self._pruned_index()
+            if pruned.usable(prepared, q):
+                return pruned.search(prepared, q, k, threads=n_threads(None))
         return search_blocks(q, self.index_, k, max_queries=int(self.batch_size),
                              max_postings=MAX_BLOCK_POSTINGS, positive_only=True)
 

@@ -217,7 +217,8 @@ def test_registered_with_params():
     ret = make_retriever("bm25", {"k1": 0.9, "stem": "english"})
     assert isinstance(ret, BM25Retriever)
     assert get_params(ret) == {"fields": "all", "backend": "native", "k1": 0.9, "b": 0.75,
-                               "stem": "english", "chinese": "jieba", "batch_size": 1024}
+                               "stem": "english", "chinese": "jieba", "batch_size": 1024,
+                               "scoring": "pruned"}
     assert describe_retriever(BM25Retriever).startswith("BM25")
 
 
@@ -339,3 +340,96 @@ def test_native_backend_equals_bm25s_ranks_and_scores():
             assert run_n.ids(r) == run_r.ids(r), r.query
             np.testing.assert_allclose([s for _, s in run_n[r]], [s for _, s in run_r[r]],
                                        rtol=1e-6)
+
+
+# ------------------------------------------------------- (g) pruned (MaxScore) == exhaustive
+
+def _zipf_weights(rng, n_terms, n_docs, tied):
+    """A terms x documents float32 CSR with Zipfian postings; ``tied``: few distinct weights."""
+    from scipy import sparse
+    p = 1.0 / np.arange(1, n_terms + 1) ** 1.1
+    p /= p.sum()
+    nnz = int(rng.integers(0, 4 * n_docs))
+    rows, cols = rng.choice(n_terms, size=nnz, p=p), rng.integers(0, n_docs, nnz)
+    levels = np.float32([0.25, 0.5, 0.75, 1.0, 1.5]) if tied else rng.random(9).astype(np.float32)
+    w = sparse.csr_matrix((rng.choice(levels, size=nnz), (rows, cols)), shape=(n_terms, n_docs))
+    w.sum_duplicates()  # repeated (term, doc) pairs add up: more distinct values, still ties
+    q_of = np.repeat(np.arange(60), rng.integers(0, 6, 60))  # empty rows included
+    q = sparse.csr_matrix((np.ones(q_of.size, np.float32),
+                           (q_of, rng.choice(n_terms, size=q_of.size, p=p))),
+                          shape=(60, n_terms))
+    q.sum_duplicates()  # a repeated term: value 2, 3...
+    return w.astype(np.float32), q
+
+
+def _assert_identical(got, want):
+    assert np.array_equal(got[0], want[0])
+    assert np.array_equal(got[1].view(np.uint32), want[1].view(np.uint32))  # bit for bit
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pruned_kernel_equals_exhaustive_bitwise(seed):
+    from bench.bm25 import pruned
+    from bench.bm25.scoring import search_blocks
+    rng = np.random.default_rng(seed)
+    for tied in (True, False):
+        w, q = _zipf_weights(rng, int(rng.integers(1, 50)), int(rng.integers(1, 300)), tied)
+        prepared = pruned.PrunedIndex(w)
+        assert pruned.usable(prepared, q)
+        for k in (1, 5, 20, 100):
+            want = search_blocks(q, w, k, positive_only=True, threads=1)
+            for threads in (1, 2):
+                _assert_identical(pruned.search(prepared, q, k, threads=threads), want)
+    hits = (want[0] >= 0).sum(axis=1)
+    assert (hits < 100).any()                             # k beyond the matching documents
+    assert (want[0][np.diff(q.indptr) == 0] == -1).all()  # empty queries: nothing
+
+
+def test_pruned_kernel_ties_keep_the_earliest_documents():
+    from scipy import sparse
+
+    from bench.bm25 import pruned
+    # term 0 in every document with one weight, term 1 in documents 3 and 7: all tied on term 0
+    w = sparse.csr_matrix((np.float32([1.0] * 10 + [0.5, 0.5]),
+                           ([0] * 10 + [1, 1], list(range(10)) + [3, 7])), shape=(2, 10))
+    q = sparse.csr_matrix(np.float32([[1, 0], [1, 1], [0, 2]]))
+    pos, scores = pruned.search(pruned.PrunedIndex(w), q, 4)
+    assert pos.tolist() == [[0, 1, 2, 3], [3, 7, 0, 1], [3, 7, -1, -1]]
+    assert scores[1].tolist() == [1.5, 1.5, 1.0, 1.0] and scores[2, 2] == -np.inf
+    # a negative weight breaks the bounds: not usable (the retriever falls back to exhaustive)
+    neg = sparse.csr_matrix(np.float32([[1.0, -0.5]]))
+    assert not pruned.usable(pruned.PrunedIndex(neg), sparse.csr_matrix(np.float32([[1.0]])))
+
+
+def test_pruned_retriever_equals_exhaustive_on_zipf_corpus():
+    rng = np.random.default_rng(11)
+    words = [f"w{i}" for i in range(120)]
+    p = 1.0 / np.arange(1, 121)
+    p /= p.sum()
+    # short documents from a small vocabulary: many documents share a score
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 5), p=p)) for _ in range(800)]
+    queries = list(dict.fromkeys(" ".join(rng.choice(words, size=rng.integers(1, 4), p=p))
+                                 for _ in range(200)))
+    queries += ["", "!!!", "zebra", "zebra w0", "w0 w0 w1", "w119 w118 w0 w1 w2 w3"]
+    train = make_train(texts)
+    reqs = [Request("u", q) for q in queries]
+    for backend in ("native", "bm25s"):
+        fast = BM25Retriever(fields="ocr_text", backend=backend).fit(train)
+        slow = BM25Retriever(fields="ocr_text", backend=backend, scoring="exhaustive").fit(train)
+        assert fast.scoring == "pruned"
+        for k in (1, 5, 20, 100, 1000):
+            a, b = fast.search(reqs, k), slow.search(reqs, k)
+            for r in reqs:
+                assert a[r] == b[r], (backend, k, r.query)   # ids and scores, in order
+        assert a[reqs[-6]] == [] and a[reqs[-4]] == []
+        assert a[reqs[-3]] == slow.search([reqs[-3]], 1000)[reqs[-3]] != []
+    # a copy holding other weights is searched with its own bounds (perf's rank-bm25 check)
+    import copy
+    other = copy.copy(fast)
+    other.index_ = fast.index_.copy()
+    other.index_.data = (other.index_.data * np.float32(3.0)).astype(np.float32)
+    got = other.search(reqs[:5], 5)
+    assert [s for _, s in got[reqs[0]]] == pytest.approx(
+        [3 * s for _, s in fast.search(reqs[:1], 5)[reqs[0]]], rel=1e-6)
+    with pytest.raises(ConfigError, match="scoring"):
+        BM25Retriever(scoring="wand").fit(train)

@@ -6,6 +6,9 @@ matching a query term are ever touched. Blocks are bounded in the postings their
 touch, run on threads (scipy's product and numpy's partition/sort release the GIL), and each
 block's rows are cut to the best ``k`` by :func:`top_k_csr`: an O(m) partition over the scored
 entries of a row, then a sort of packed (score, position) keys, so ties break by position.
+
+:mod:`bench.bm25.pruned` computes the same top-k (bit for bit) with MaxScore pruning in numba,
+skipping documents whose score bound cannot enter it; the ``bm25`` baseline uses it by default.
 """
 
 from __future__ import annotations

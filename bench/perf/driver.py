@@ -98,6 +98,13 @@ def _measure_retrievers(data, cfg: PerfConfig, clock: StageClock, echo, profiler
     """Every retriever in sequence; (records, {bm25/persrv: (retriever, run)} kept)."""
     names = list(cfg.retrievers) if cfg.retrievers else default_retrievers()
     records, kept = {}, {}
+    if "bm25" in names:  # the pruned kernel's compile/load, timed apart as bm25s-numba's jit
+        from bench.bm25 import pruned
+        from bench.bm25.scoring import n_threads
+        with clock.stage("bm25-kernel", "jit"):
+            pruned.warm_up(parallel=n_threads(None) > 1)
+        echo(f"  bm25 pruned kernel compiled or loaded in "
+             f"{clock.seconds('bm25-kernel', 'jit'):.2f} s (not counted, like bm25s-numba's jit)")
     if profiler is not None:
         profiler.enable()
     for name in names:

@@ -281,7 +281,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for section in (_header, _retrievers, _compare, _rank_bm25, _peers, _naive,
                     _sweep_and_help, _targets, _scaling):
         lines += section(result)
-    lines.append("Users are simulated (DESIGN §4). Wall times on a shared machine are noisy: "
+    lines.append("Users are simulated (docs/ARCHITECTURE.md, 'Data'). Wall times on a shared machine are noisy: "
                  "see the load average above.")
     return "\n".join(lines) + "\n"
 

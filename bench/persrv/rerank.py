@@ -91,6 +91,38 @@ def _candidates(ids_t, s_t, cos_lo, w, mode, kk):
     return ids_t, s_t, cand, ub
 
 
+def prepare_rerank(pool_ids, pool_scores, request_user_index, clusters: UserClusters,
+                   mode: str, k: int | None, pool_row):
+    """What every re-rank starts with: the inputs as arrays, the outputs allocated (ids -1,
+    scores -inf), and requests whose user has no clusters answered with their pool's top ``k``.
+    Returns (pool_ids, pool_scores, users, pool_row, k, P, min(k, P), out_ids, out_scores,
+    rows still to re-rank)."""
+    if mode not in MODES:
+        raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
+    pool_ids = np.asarray(pool_ids)
+    pool_scores = np.asarray(pool_scores, dtype=np.float32)
+    users = np.asarray(request_user_index, dtype=np.int64)
+    nq = len(users)
+    P = pool_ids.shape[1] if pool_ids.ndim == 2 else 0
+    k = P if k is None else max(0, int(k))
+    prow = np.arange(nq) if pool_row is None else np.asarray(pool_row, dtype=np.int64)
+    if len(prow) != nq:
+        raise ValueError(f"pool_row has {len(prow)} entries for {nq} requests")
+    out_ids = np.full((nq, k), -1, dtype=np.int32)
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    kk = min(k, P)
+    if nq == 0 or k == 0 or P == 0:
+        return (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+                np.zeros(0, dtype=np.int64))
+    n_cl = np.where(users >= 0, clusters.n_clusters[np.maximum(users, 0)], 0) \
+        if len(clusters) else np.zeros(nq, dtype=np.int64)
+    plain = np.flatnonzero(n_cl == 0)
+    out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
+    out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
+    return (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+            np.flatnonzero(n_cl > 0))
+
+
 def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np.ndarray,
            embeddings: np.ndarray, clusters: UserClusters, weight: float = 0.3,
            mode: str = "multiply", k: int | None = None, pool_row: np.ndarray | None = None,
@@ -106,28 +138,9 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     ties by pool position. ``k`` defaults to P (the whole pool re-ranked). ``n_threads``:
     request chunks re-ranked in parallel (default: available CPUs, at most 4). ``never_lower``:
     a score is only ever raised (the reference's rule)."""
-    if mode not in MODES:
-        raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
-    pool_ids = np.asarray(pool_ids)
-    pool_scores = np.asarray(pool_scores, dtype=np.float32)
-    users = np.asarray(request_user_index, dtype=np.int64)
-    nq = len(users)
-    P = pool_ids.shape[1] if pool_ids.ndim == 2 else 0
-    k = P if k is None else max(0, int(k))
-    prow = np.arange(nq) if pool_row is None else np.asarray(pool_row, dtype=np.int64)
-    if len(prow) != nq:
-        raise ValueError(f"pool_row has {len(prow)} entries for {nq} requests")
-    out_ids = np.full((nq, k), -1, dtype=np.int32)
-    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    if nq == 0 or k == 0 or P == 0:
-        return out_ids, out_scores
-    kk = min(k, P)
-    n_cl = np.where(users >= 0, clusters.n_clusters[np.maximum(users, 0)], 0) \
-        if len(clusters) else np.zeros(nq, dtype=np.int64)
-    plain = np.flatnonzero(n_cl == 0)
-    out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
-    out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
-    todo = np.flatnonzero(n_cl > 0)
+    (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+     todo) = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k,
+                            pool_row)
     if todo.size == 0:
         return out_ids, out_scores
     if inv_norms is None:
@@ -139,7 +152,7 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     r_user = np.zeros(len(clusters), dtype=np.float64)
     if has.any():
         r_user[has] = np.maximum.reduceat(clusters.radii, offs[:-1][has])
-    k_max = int(n_cl.max())
+    k_max = int(clusters.n_clusters[users[todo]].max())  # the most clusters of any request
     d = embeddings.shape[1]
 
     def run_chunk(c0: int) -> None:

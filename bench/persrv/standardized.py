@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from bench.persrv.clustering import (ClusterConfig, UserClusters, UserPoints, cluster_labels,
                                      clusters_from_labels)
 from bench.persrv.fields import n_threads as resolve_threads
-from bench.persrv.rerank import MODES, top_k_entries
+from bench.persrv.rerank import prepare_rerank, top_k_entries
 
 #: Floats of one (requests x candidates x dim) block of standardised pooled embeddings.
 BLOCK_FLOATS = 1 << 22
@@ -84,25 +84,11 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
     and one whose upper bound is below the k-th largest lower bound of its row cannot enter the
     top k. The candidates are scored left-aligned, rows in blocks of similar candidate counts;
     ``n_threads``: request chunks scored in parallel (default: available CPUs, at most 4)."""
-    if mode not in MODES:
-        raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
-    pool_ids = np.asarray(pool_ids)
-    pool_scores = np.asarray(pool_scores, dtype=np.float32)
-    users = np.asarray(request_user_index, dtype=np.int64)
-    nq, P = len(users), (pool_ids.shape[1] if pool_ids.ndim == 2 else 0)
-    k = P if k is None else max(0, int(k))
-    prow = np.arange(nq) if pool_row is None else np.asarray(pool_row, dtype=np.int64)
-    out_ids = np.full((nq, k), -1, dtype=np.int32)
-    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    if nq == 0 or k == 0 or P == 0:
+    (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+     todo) = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k,
+                            pool_row)
+    if todo.size == 0:
         return out_ids, out_scores
-    kk = min(k, P)
-    n_cl = np.where(users >= 0, clusters.n_clusters[np.maximum(users, 0)], 0) \
-        if len(clusters) else np.zeros(nq, dtype=np.int64)
-    plain = np.flatnonzero(n_cl == 0)
-    out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
-    out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
-    todo = np.flatnonzero(n_cl > 0)
     w, d = float(weight), embeddings.shape[1]
 
     if P <= WHOLE_POOL:  # small pools (the reference's 5 x k): scored whole, as before

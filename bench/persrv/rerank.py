@@ -179,17 +179,24 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
         out_ids[chunk, :n] = np.where(top_pos >= 0, ids_t[rows, np.maximum(top_pos, 0)], -1)
         out_scores[chunk, :n] = top_scores
 
-    starts = list(range(0, len(todo), RERANK_CHUNK))
-    threads = min(len(starts), resolve_threads(n_threads))
     with single_threaded_blas():
-        if threads <= 1:
-            for c0 in starts:
-                run_chunk(c0)
-        else:  # numpy's gathers, BLAS and partitions release the GIL; disjoint output rows
-            from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(run_chunk, starts))
+        run_chunks(run_chunk, len(todo), RERANK_CHUNK, n_threads)
     return out_ids, out_scores
+
+
+def run_chunks(run_chunk, n_rows: int, chunk: int, n_threads: int | None) -> None:
+    """``run_chunk(start)`` for every ``chunk`` rows of ``n_rows``, in threads when there are
+    several chunks (numpy's gathers, BLAS, einsum and partitions release the GIL; each chunk
+    writes disjoint output rows)."""
+    starts = list(range(0, n_rows, chunk))
+    threads = min(len(starts), resolve_threads(n_threads))
+    if threads <= 1:
+        for start in starts:
+            run_chunk(start)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(run_chunk, starts))
 
 
 def _compact(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int,

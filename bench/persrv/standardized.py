@@ -22,8 +22,7 @@ import scipy.sparse as sp
 
 from bench.persrv.clustering import (ClusterConfig, UserClusters, UserPoints, cluster_labels,
                                      clusters_from_labels)
-from bench.persrv.fields import n_threads as resolve_threads
-from bench.persrv.rerank import prepare_rerank, top_k_entries
+from bench.persrv.rerank import prepare_rerank, run_chunks, top_k_entries
 
 #: Floats of one (requests x candidates x dim) block of standardised pooled embeddings.
 BLOCK_FLOATS = 1 << 22
@@ -133,15 +132,7 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
                                          -1)
             out_scores[dest, :n] = top_scores
 
-    starts = list(range(0, len(todo), CHUNK))
-    threads = min(len(starts), resolve_threads(n_threads))
-    if threads <= 1:
-        for a in starts:
-            run_chunk(a)
-    else:  # numpy's einsum, gathers and partitions release the GIL; disjoint output rows
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(run_chunk, starts))
+    run_chunks(run_chunk, len(todo), CHUNK, n_threads)
     return out_ids, out_scores
 
 

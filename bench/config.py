@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, closest
 from bench.features.config import FeaturesConfig, is_union_tag
 
 
@@ -133,9 +133,8 @@ def known_keys(loc: tuple) -> list[str]:
 
 def did_you_mean(loc: tuple) -> str:
     """`` (did you mean 'val_groups'?)`` for a misspelt key, else ''."""
-    import difflib
-    close = difflib.get_close_matches(str(loc[-1]), known_keys(tuple(loc)), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(loc[-1], known_keys(tuple(loc)))
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _format_loc(loc: tuple) -> str:

@@ -25,3 +25,11 @@ class DatasetError(BenchError):
 
 class ConfigError(BenchError):
     """An experiment config or search space is invalid; the message names the key."""
+
+
+def closest(word: object, choices) -> str | None:
+    """The choice a misspelt ``word`` most likely meant (difflib, similarity >= 0.6), or None:
+    the one matching rule behind every "did you mean" in the harness's messages."""
+    import difflib
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return found[0] if found else None

@@ -49,7 +49,7 @@ def safe_name(text: str, what: str) -> str:
     return text
 
 
-def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view,
+def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels,
                  feature_report: dict | None, split_report: dict) -> dict[str, Any]:
     """The run's inputs beside its results: resolved config (credentials masked), qrels, the
     request table, per-request segments, a history sample, the data report. Returns the data
@@ -67,9 +67,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view,
     qids = requests.qids
     write_qrels(requests, folder / "qrels.txt", qids)
     write_users(requests, folder / "requests.tsv", qids)
-    from bench.segments import label_requests
     segments = runner.request_segments(ds, view.clicks, requests)
-    segments = segments.merge(label_requests(requests, view.clicks), on="qid", how="left")
+    segments = segments.merge(labels, on="qid", how="left")
     segments.to_parquet(folder / "segments.parquet", index=False)
     sample = runner.history_sample(view, ds)
     if sample is not None:
@@ -131,8 +130,11 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
 def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, requests, view,
                    feature_report, config_path, parent_run_id, uri, echo) -> RunOutcome:
     experiment = tracking.experiment
+    from bench.segments import label_requests
+    labels = label_requests(requests, view.clicks)  # once: segments.parquet and every retriever
     split_report = splits.split_report()
-    data_report = write_inputs(cfg, folder, ds, requests, view, feature_report, split_report)
+    data_report = write_inputs(cfg, folder, ds, requests, view, labels, feature_report,
+                               split_report)
     resolved = cfg.model_dump(mode="json")
     tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
                           config_path=config_path, parent_run_id=parent_run_id, params={
@@ -164,7 +166,7 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
                  f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
         tracking.log_child(result, ds)
 
-    outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result)
+    outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result, labels)
     outcome.parent_run_id = tracking.parent  # None once tracking was lost
     md = write_tables(cfg, folder, outcome, ds)
     if cfg.report:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from bench.config import ExperimentConfig
 
 #: Builders whose ``seed`` parameter seeds the user simulator.
-SIMULATING_BUILDERS = ("synthetic", "emoji-styles", "sticker-queries", "u-sticker-sim")
+SIMULATING_BUILDERS = ("synthetic", "emoji-styles", "sticker-queries")
 
 
 @dataclass

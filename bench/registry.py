@@ -12,7 +12,7 @@ import inspect
 import logging
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, closest
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ def registry() -> dict[str, type]:
 def get_retriever_class(name: str) -> type:
     reg = registry()
     if name not in reg:
-        import difflib
-        close = difflib.get_close_matches(name, reg, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest(name, reg)
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ConfigError(f"unknown retriever {name!r}.{hint} Registered: {', '.join(reg)}")
     return reg[name]
 
@@ -86,9 +85,8 @@ def make_retriever(name: str, params: dict[str, Any] | None = None) -> Any:
     specs = param_specs(cls)
     for key in params:
         if key not in specs:
-            import difflib
-            close = difflib.get_close_matches(key, specs, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            close = closest(key, specs)
+            hint = f" Did you mean {close!r}?" if close else ""
             raise ConfigError(f"retriever {name!r} has no parameter {key!r}.{hint} "
                               f"Parameters: {', '.join(specs) or '(none)'}")
     try:

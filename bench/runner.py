@@ -73,17 +73,12 @@ def check_usable(ds, requests, cfg: ExperimentConfig) -> None:
         raise DatasetError(f"dataset {ds.name} {what}", file=str(root / INTERACTIONS_FILE))
 
 
-def features_config(features):
-    """The validated ``features:`` section (see :func:`bench.features.config.validate_features`)."""
-    from bench.features.config import validate_features
-    return validate_features(features)
-
-
 def attach_configured_features(ds, features):
     """Run the configured offline feature extractors (cached); returns (stickers, embeddings, report)."""
     from bench.features.cache import FeatureCache
+    from bench.features.config import validate_features
     from bench.features.extract import attach_features
-    fcfg = features_config(features)
+    fcfg = validate_features(features)
     return attach_features(ds, fcfg, FeatureCache(fcfg.cache_dir))
 
 
@@ -209,12 +204,14 @@ def history_sample(view, ds, n_users: int = 3):
 
 
 def run_retrievers(cfg: ExperimentConfig, view, requests, folder: Path,
-                   on_result=None) -> list[RetrieverResult]:
+                   on_result=None, labels=None) -> list[RetrieverResult]:
     """Every configured retriever in turn (outputs under ``folder/retrievers/<label>/``); one
     that fails is recorded with its error (``error.txt``) and the others still run.
-    ``on_result(result)`` is called after each one (logging, printing)."""
-    from bench.segments import label_requests
-    labels = label_requests(requests, view.clicks)
+    ``on_result(result)`` is called after each one (logging, printing); ``labels``: the
+    requests' segments (:func:`bench.segments.label_requests`, computed here when None)."""
+    if labels is None:
+        from bench.segments import label_requests
+        labels = label_requests(requests, view.clicks)
     results = []
     for spec in cfg.retrievers:
         sub = folder / "retrievers" / spec.display

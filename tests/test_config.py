@@ -69,3 +69,21 @@ def test_relative_source_resolves_against_config_parent(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "experiments")
     cfg = load_config(cfg_file)
     assert cfg.dataset.path == str((tmp_path / "data").resolve())
+
+
+def test_misspelt_keys_get_a_did_you_mean_at_every_level():
+    from bench.config import validate_config
+    from bench.errors import ConfigError
+    base = {"dataset": {"path": "x"}, "retrievers": [{"name": "bm25"}]}
+    cases = [({"seeed": 1}, "unknown key 'seeed' (did you mean 'seed'?)"),
+             ({"split": {"val_grups": 1}}, "unknown key 'split.val_grups' (did you mean "
+                                           "'val_groups'?)"),
+             ({"features": {"ocr": {"psmm": 6}}}, "features.ocr.psmm: unknown key (did you "
+                                                  "mean 'psm'?)")]
+    for extra, message in cases:
+        with pytest.raises(ConfigError) as err:
+            validate_config({**base, **extra})
+        assert message in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        validate_config({**base, "zzzzzz": 1})
+    assert "did you mean" not in str(err.value)

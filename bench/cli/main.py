@@ -205,7 +205,7 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
     """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
     from bench.config import load_config
     from bench.data.resolve import resolve_dataset
-    from bench.runner import attach_configured_features, features_config
+    from bench.runner import attach_configured_features
     cfg = load_config(config, list(overrides))
     ds = resolve_dataset(cfg.dataset)
     _, embeddings, report = attach_configured_features(ds, cfg.features)
@@ -214,7 +214,7 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"  {k}: {v}")
     if embeddings is not None:
         click.echo(f"  embeddings: {embeddings.shape[0]} x {embeddings.shape[1]}")
-    fcfg = features_config(cfg.features)
+    fcfg = cfg.features  # validated with the config
     if "gt_caption" in ds.stickers.columns and fcfg.ocr and ds.stickers["image"].notna().any():
         from bench.features.cache import FeatureCache
         from bench.features.ocr import ocr_report_lines, ocr_stickers

@@ -121,10 +121,10 @@ def validate_features(features: "FeaturesConfig | dict[str, Any] | None") -> Fea
         loc = ".".join(str(p) for p in err["loc"] if not is_union_tag(p))
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] == "extra_forbidden":
-            import difflib
+            from bench.errors import closest
             model = OcrConfig if "ocr" in err["loc"][:1] else FeaturesConfig
-            close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
-            what += f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(err["loc"][-1], model.model_fields)
+            what += f" (did you mean {close!r}?)" if close else ""
         raise ConfigError(f"features.{loc}: {what}") from None
 
 

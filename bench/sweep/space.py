@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, closest
 
 DISTRIBUTIONS = ("int", "float", "choices", "value")
 OPTIONS = {"int": {"step", "log", "grid"}, "float": {"step", "log", "grid"},
@@ -248,7 +248,6 @@ class SearchSpace:
     def check_names(self, retriever: str, allowed: Iterable[str]) -> None:
         """Every parameter must be one of ``allowed`` (the retriever's constructor parameters)
         or a ``features.encoder`` / ``features.encoder_params.*`` key."""
-        import difflib
         allowed = set(allowed)
         for spec in self.walk():
             if spec.name.startswith(FEATURE_PREFIX):
@@ -260,8 +259,8 @@ class SearchSpace:
                                   f"{spec.name!r}; the tunable feature parameters are "
                                   "features.encoder and features.encoder_params.<name>")
             if spec.name not in allowed:
-                close = difflib.get_close_matches(spec.name, allowed, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                close = closest(spec.name, allowed)
+                hint = f" Did you mean {close!r}?" if close else ""
                 raise ConfigError(f"{self.source}: {spec.where}: unknown parameter "
                                   f"{spec.name!r}: retriever {retriever!r} has no such "
                                   f"parameter.{hint} Parameters: {', '.join(sorted(allowed))}")

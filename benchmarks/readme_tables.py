@@ -5,9 +5,9 @@
     python benchmarks/readme_tables.py --check         # exit 1 if the README differs from a fresh run
 
 Each table lives in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; this
-script reruns the job behind it (``JOBS``), renders the metric columns (no timings: those vary
-from machine to machine and are printed on the line below the table instead) and rewrites the
-block in place. ``tests/test_readme.py`` checks that the quickstart block equals a fresh run.
+script reruns the job behind it (``JOBS``), renders it with the run's own table code
+(``bench.report.tables``, no timing columns: those vary from machine to machine and are printed
+on the line below the table instead) and rewrites the block in place. ``tests/test_readme.py`` checks that the quickstart block equals a fresh run.
 """
 
 from __future__ import annotations
@@ -34,29 +34,15 @@ BLOCK_RE = r"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)"
 
 
 def metric_table(table, ks: list[int]) -> str:
-    """Markdown of the metric columns of a results table (M-MRR@k for every k, the other
-    metrics at the largest k, then the segment columns of M-MRR at the largest k)."""
-    from bench.metrics import metric_name
+    """The run's own results table without its timing columns (they vary from machine to
+    machine), then its M-MRR@kmax segment table — what ``results.md`` shows."""
+    from bench.report.tables import format_segment_table, format_table
     kmax = max(ks)
-    cols = [metric_name("m_mrr", k) for k in ks] + \
-        [metric_name(m, kmax) for m in ("mrr", "recall", "ndcg")]
-    segs = [c for c in table.columns if c.startswith(f"m_mrr_at_{kmax}__")]
-    counts = {c: table.get(f"n__{c.split('__', 1)[1]}") for c in segs}
-    head = ["retriever", *cols]
-    for c in segs:
-        n = counts[c]
-        n = int(n.dropna().iloc[0]) if n is not None and n.notna().any() else None
-        head.append(f"{c.split('__', 1)[1]}{f' (n={n})' if n is not None else ''}")
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for _, row in table.iterrows():
-        if row.get("status", "ok") != "ok":
-            lines.append(f"| {row['retriever']} | " + " | ".join(["failed"] * (len(head) - 1))
-                         + " |")
-            continue
-        cells = [f"{row[c]:.4f}" for c in cols] + \
-            ["" if row.get(c) != row.get(c) else f"{row[c]:.4f}" for c in segs]
-        lines.append(f"| {row['retriever']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    body = format_table(table, ks, timings=False)
+    segments = format_segment_table(table, "m_mrr", kmax)
+    if segments:
+        body += f"\n\nM-MRR@{kmax} by segment (request counts in the header):\n\n{segments}"
+    return body
 
 
 def fidelity_block() -> str:

@@ -49,8 +49,10 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
 
 
 def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"),
-                 show_k: tuple[int, ...] | None = None) -> str:
-    """Markdown table of the main figures (M-MRR@k for every k, other metrics at the largest k).
+                 show_k: tuple[int, ...] | None = None, timings: bool = True) -> str:
+    """Markdown table of the main figures (M-MRR@k for every k, other metrics at the largest k),
+    then fit and search seconds unless ``timings`` is False (tables that must equal another
+    machine's run, like the README's).
 
     Other columns of ``table`` (segment figures, ...) are left out; see
     :func:`format_segment_table`."""
@@ -61,15 +63,17 @@ def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"
     main = metric_name("m_mrr", kmax)
     full = table[(table["retriever"] == "persrv") & (table["status"] == "ok")]
     ablate = len(full) == 1 and table["retriever"].str.startswith("persrv-").any()
-    header = "| retriever | " + " | ".join(cols) + " | fit s | search s |"
+    header = "| retriever | " + " | ".join(cols) + (" | fit s | search s |" if timings else " |")
     if ablate:  # mark each PerSRV ablation against the full model
         header += f" Δ {main} vs persrv |"
-    sep = "|---|" + "---:|" * (len(cols) + 2 + int(ablate))
+    sep = "|---|" + "---:|" * (len(cols) + 2 * int(timings) + int(ablate))
     lines = [header, sep]
     for _, row in table.iterrows():
         failed = row["status"] == "failed"
         vals = " | ".join("failed" if failed else f"{row[c]:.4f}" for c in cols)
-        line = f"| {row['retriever']} | {vals} | {row['fit_s']:.1f} | {row['search_s']:.1f} |"
+        line = f"| {row['retriever']} | {vals} |"
+        if timings:
+            line += f" {row['fit_s']:.1f} | {row['search_s']:.1f} |"
         if ablate:
             is_variant = str(row["retriever"]).startswith("persrv-") and not failed
             delta = row[main] - float(full[main].iloc[0])

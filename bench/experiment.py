@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from bench import runner
 from bench.config import ExperimentConfig
+from bench.run_status import write_status
 from bench.runner import FEATURE_REPORT_PARAMS, RetrieverResult
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,6 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
     write_json_atomic(folder / "data_report.json",
                       {**data_report, "features": feature_report or {}})
     return data_report
-
-
-def write_status(folder: Path, state: str, **extra: Any) -> None:
-    """``status.json``: running / complete / failed / killed, with a timestamp."""
-    from bench.data.format import write_json_atomic
-    write_json_atomic(folder / "status.json", {"status": state, "time": time.time(), **extra})
 
 
 def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,

@@ -32,7 +32,10 @@ import logging
 import re
 import sys
 import unicodedata
-from typing import Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover (numpy is imported where the codes are built)
+    import numpy as np
 
 ChineseMode = Literal["jieba", "char", "none"]
 CHINESE_MODES = ("jieba", "char", "none")

@@ -95,11 +95,8 @@ def load_folder(folder: str | Path) -> RunFolder:
 
 def incomplete_line(path: Path, done: int, total: int) -> str:
     """The status.json line of a run that did not complete (killed, failed, still running)."""
-    import json
-    try:
-        state = json.loads((path / "status.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    from bench.run_status import read_status
+    state = read_status(path)
     if state in (None, "complete") or (state == "running" and done == total):
         return ""  # a finished run whose report is written before the status is set
     return (f"incomplete: {done} of {total} retrievers have results (status.json: {state})"

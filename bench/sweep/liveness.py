@@ -1,6 +1,7 @@
 """Which trials still have a live worker: heartbeats, worker identity, abandoned trials.
 
-Every RUNNING trial records its worker (:data:`~bench.tracking.schema.ATTR_WORKER`: host name,
+Every RUNNING trial records its worker (:func:`bench.processes.worker_identity` under
+:data:`~bench.tracking.schema.ATTR_WORKER`: host name,
 pid, the process's start time and pid namespace) and a heartbeat every
 :data:`HEARTBEAT_SECONDS`. Before asking for a trial, a worker marks FAIL every RUNNING trial
 whose worker is gone:
@@ -16,60 +17,15 @@ the trial on start and, when that was the last one, writes the study's outputs.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from bench.processes import worker_alive, worker_identity  # noqa: F401 (re-exported)
 from bench.tracking.schema import ATTR_HEARTBEAT, ATTR_TRIAL_ERROR, ATTR_WORKER
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
-#: Two start times of one process (psutil, seconds) agree within this.
-START_TIME_SLACK_S = 1.0
-
-
-def _pid_namespace() -> str | None:
-    with contextlib.suppress(OSError):
-        return os.readlink("/proc/self/ns/pid")
-    return None
-
-
-def _start_time(pid: int) -> float | None:
-    import psutil
-    with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).create_time()
-    return None
-
-
-def worker_identity() -> dict[str, Any]:
-    """This process as a trial records it: ``{"host", "pid", "started", "pidns"}``."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": _start_time(os.getpid()), "pidns": _pid_namespace()}
-
-
-def worker_alive(info: Any) -> bool | None:
-    """Whether the worker ``info`` (a :func:`worker_identity`) still runs: True / False for a
-    worker on this host, None when it ran on another host (or recorded nothing usable)."""
-    import psutil
-    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
-        return None
-    if info.get("host") != socket.gethostname() or info.get("pidns") != _pid_namespace():
-        return None
-    try:
-        proc = psutil.Process(info["pid"])
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = info.get("started")
-        if started is not None and abs(proc.create_time() - float(started)) > START_TIME_SLACK_S:
-            return False  # the pid was reused by a later process
-        return True
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # another user's live process
-        return True
 
 
 class Heartbeat:

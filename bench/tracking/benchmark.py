@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.processes import worker_identity
 from bench.tracking import schema
 from bench.tracking.client import Tracker, git_commit, mask_credentials
 
@@ -72,7 +73,7 @@ class BenchmarkLog:
                 self.echo(f"  marked {len(orphans)} earlier run(s) KILLED (their process is gone)")
             tags = {**schema.parent_tags(ds, config_hash=config_hash, config_path=config_path,
                                          git_commit=git_commit()),
-                    **schema.process_tags(self.folder.resolve()), **(extra_tags or {})}
+                    **schema.process_tags(worker_identity(), self.folder.resolve()), **(extra_tags or {})}
             self.parent = self.tracker.start_run(self.experiment, run_name=run_name, tags=tags,
                                                  reuse_env_run=parent_run_id is None,
                                                  parent_run_id=parent_run_id)

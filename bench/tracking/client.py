@@ -113,30 +113,6 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _mark_folder_killed(folder: str | None) -> None:
-    import json
-    if not folder:
-        return
-    status = Path(folder) / "status.json"
-    try:
-        if json.loads(status.read_text(encoding="utf-8")).get("status") == "running":
-            status.write_text(json.dumps({"status": "killed", "time": time.time(),
-                                          "note": "process gone; marked by a later run"}),
-                              encoding="utf-8")
-    except (OSError, ValueError):
-        pass
-
-
 class Tracker:
     """A thin, batched MLflow writer. ``Tracker(None)`` (tracking disabled) does nothing."""
 
@@ -169,23 +145,32 @@ class Tracker:
         their ids."""
         if not self.enabled:
             return []
-        import socket
+        import json
 
-        from bench.tracking.schema import HOST, PID
+        from bench.processes import worker_alive
+        from bench.run_status import read_status, write_status
+        from bench.tracking.schema import FOLDER, WORKER
         exp = self._client.get_experiment_by_name(experiment)
         if exp is None:
             return []
         found = []
-        host = socket.gethostname()
         runs = self._client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
                                         max_results=200)
         for run in runs:
             tags = run.data.tags
-            pid = tags.get(PID, "")
-            if tags.get(HOST) != host or not pid.isdigit() or _alive(int(pid)):
+            try:
+                identity = json.loads(tags.get(WORKER, "null"))
+            except ValueError:
+                continue
+            if worker_alive(identity) is not False:  # alive, or of another host
                 continue
             self._client.set_terminated(run.info.run_id, status="KILLED")
-            _mark_folder_killed(tags.get("persrv.folder"))
+            folder = tags.get(FOLDER)
+            if folder and read_status(folder) == "running":
+                try:
+                    write_status(folder, "killed", note="process gone; marked by a later run")
+                except OSError:
+                    pass
             found.append(run.info.run_id)
         return found
 

@@ -49,6 +49,7 @@ EVAL_SPLIT = "eval_split"
 HOST = "persrv.host"
 PID = "persrv.pid"
 FOLDER = "persrv.folder"
+WORKER = "persrv.worker"
 ERROR = "error"
 STORAGE = "optuna.storage"
 STORAGE_HASH = "optuna.storage_hash"
@@ -102,12 +103,13 @@ def parent_run_name(config_name: str) -> str:
     return config_name
 
 
-def process_tags(folder: Any = None) -> dict[str, str]:
-    """Host, pid and run folder of the writing process (a later run marks the parent KILLED if
-    the process is gone while the run still says RUNNING)."""
-    import os
-    import socket
-    tags = {HOST: socket.gethostname(), PID: str(os.getpid())}
+def process_tags(identity: dict[str, Any], folder: Any = None) -> dict[str, str]:
+    """The writing process (a :func:`bench.processes.worker_identity`: host and pid readable,
+    the whole identity as JSON) and its run folder; a later run marks the parent KILLED if that
+    process is gone while the run still says RUNNING."""
+    import json
+    tags = {HOST: str(identity.get("host")), PID: str(identity.get("pid")),
+            WORKER: json.dumps(identity, sort_keys=True)}
     if folder is not None:
         tags[FOLDER] = str(folder)
     return tags

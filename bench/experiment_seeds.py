@@ -47,9 +47,8 @@ def user_ci(per_request_path: Path, metric: str, seed: int = 0) -> tuple[float, 
     """95% bootstrap CI over users of ``metric`` (mean over each user's requests first)."""
     import pandas as pd
 
-    from bench.report.stats import bootstrap_ci
-    frame = pd.read_parquet(per_request_path)
-    users = frame.groupby("user_id")[metric].mean().to_numpy()
+    from bench.report.stats import bootstrap_ci, user_means
+    users = user_means(pd.read_parquet(per_request_path), [metric])[metric].to_numpy()
     lo, hi = bootstrap_ci(users, seed=seed)
     return float(lo), float(hi)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from bench.retrieval import Request, Run, TrainView
 
+from bench.params import Configurable, RetrieverParams, param
 from bench.registry import register
 
 #: Corpora up to this size draw a full permutation; larger ones draw with rejection.
@@ -41,7 +42,7 @@ def sample_positions(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 
 @register("random")
-class RandomRetriever:
+class RandomRetriever(Configurable):
     """Seeded random ranking per request, deterministic given seed, user and query.
 
     ``seed``: the base seed; each request's ranking comes from a generator seeded by a hash of
@@ -51,8 +52,8 @@ class RandomRetriever:
 
     name = "random"
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    class Params(RetrieverParams):
+        seed: int = param(0, ge=0, refit="search", description="base seed of every request's order")
 
     def fit(self, train: TrainView) -> "RandomRetriever":
         self.sticker_ids_ = train.stickers["sticker_id"].astype(str).to_numpy(dtype=object)

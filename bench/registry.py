@@ -71,8 +71,24 @@ def get_retriever_class(name: str) -> type:
     return reg[name]
 
 
+def declared_params(cls: type):
+    """The retriever's declared ``Params`` model (:mod:`bench.params`), or None for a class that
+    declares its parameters only in its constructor signature (older plugins)."""
+    from bench.params import RetrieverParams
+    model = getattr(cls, "Params", None)
+    if isinstance(model, type) and issubclass(model, RetrieverParams) and model is not RetrieverParams:
+        return model
+    return None
+
+
 def param_specs(cls: type) -> dict[str, inspect.Parameter]:
-    """The constructor parameters of a retriever class (its tunable, logged parameters)."""
+    """The parameters of a retriever class (its tunable, logged parameters), from its declared
+    ``Params`` or, for older plugins, its constructor signature."""
+    model = declared_params(cls)
+    if model is not None:
+        return {n: inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d,
+                                     annotation=model.model_fields[n].annotation)
+                for n, d in model.defaults().items()}
     sig = inspect.signature(cls.__init__)
     return {n: p for n, p in sig.parameters.items()
             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -82,6 +98,10 @@ def make_retriever(name: str, params: dict[str, Any] | None = None) -> Any:
     """Construct a registered retriever; unknown parameters are a :class:`ConfigError`."""
     cls = get_retriever_class(name)
     params = dict(params or {})
+    if declared_params(cls) is not None:
+        from bench.params import validate_params
+        validated = validate_params(cls, params)  # one-line ConfigError before any work
+        return cls(**validated.model_dump())
     specs = param_specs(cls)
     for key in params:
         if key not in specs:
@@ -96,7 +116,10 @@ def make_retriever(name: str, params: dict[str, Any] | None = None) -> Any:
 
 
 def get_params(retriever: Any) -> dict[str, Any]:
-    """Current parameter values of a retriever (constructor parameters read back as attributes)."""
+    """Current parameter values of a retriever (declared ``Params``, or constructor parameters
+    read back as attributes)."""
+    if declared_params(type(retriever)) is not None and hasattr(retriever, "params"):
+        return retriever.params.model_dump()
     return {n: getattr(retriever, n, p.default) for n, p in param_specs(type(retriever)).items()}
 
 

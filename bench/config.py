@@ -61,6 +61,15 @@ class RetrieverSpec(_Strict):
         return self.label or self.name
 
 
+class EvaluationSpec(_Strict):
+    """How every retriever's list is judged (:mod:`bench.listing`): ``fill: popularity`` appends
+    the fitting clicks' popularity order to every list up to the largest k (the same for every
+    retriever); ``none`` scores lists as returned. Coverage, tie-aware and as-returned values are
+    reported either way."""
+
+    fill: Literal["popularity", "none"] = "popularity"
+
+
 class TrackingSpec(_Strict):
     uri: str | None = None
     experiment: str | None = Field(None, description="default: the dataset's name")
@@ -76,6 +85,7 @@ class ExperimentConfig(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     eval_split: Literal["test", "validation"] = "test"
     batch_size: int = Field(2048, ge=1)
     output_dir: str = "persrv-runs"

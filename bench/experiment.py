@@ -74,7 +74,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
     sample = runner.history_sample(view, ds)
     if sample is not None:
         sample.to_parquet(folder / "history_sample.parquet", index=False)
-    data_report = {"dataset_skipped": dict(ds.skipped), "split": split_report,
+    data_report = {"dataset": {"name": str(ds.name), "fingerprint": str(ds.fingerprint)},
+                   "dataset_skipped": dict(ds.skipped), "split": split_report,
                    "features": {k: (feature_report or {})[k] for k in FEATURE_REPORT_PARAMS
                                 if k in (feature_report or {})}}
     write_json_atomic(folder / "data_report.json",

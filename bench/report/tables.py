@@ -43,6 +43,8 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
               if not r.error and getattr(r, "per_request", None) is not None}
     floor, deltas = floor_deltas(frames, {r.label: r.name for r in results}, main) \
         if frames else (None, {})
+    fair = [c for c in [*(main + x for x in FAIR_SUFFIXES), *FAIR_COLUMNS]
+            if any(c in (r.macro or {}) for r in results)]  # runs of the one evaluation loop
     rows = []
     extra: list[str] = []
     for r in results:
@@ -50,13 +52,12 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
         for m in METRICS:
             for k in ks:
                 row[metric_name(m, k)] = r.macro.get(metric_name(m, k), float("nan"))
-        for suffix in FAIR_SUFFIXES:
-            row[main + suffix] = r.macro.get(main + suffix, float("nan"))
-        for col in FAIR_COLUMNS:
+        for col in fair:
             row[col] = r.macro.get(col, float("nan"))
-        d = deltas.get(r.label, (float("nan"),) * 3)
-        row.update({"best_floor": floor or "", "delta_floor": d[0], "delta_floor_low": d[1],
-                    "delta_floor_high": d[2]})
+        if floor is not None:
+            d = deltas.get(r.label, (float("nan"),) * 3)
+            row.update({"best_floor": floor, "delta_floor": d[0], "delta_floor_low": d[1],
+                        "delta_floor_high": d[2]})
         row["fit_s"] = round(r.fit_seconds, 2)
         row["search_s"] = round(r.search_seconds, 2)
         row["status"] = "failed" if r.error else "ok"

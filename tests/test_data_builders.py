@@ -216,6 +216,15 @@ def test_emoji_styles_content_field_and_held_out_queries(emoji_folder, tmp_path)
     for q, sid in zip(ds.interactions["query"], ds.interactions["sticker_id"]):
         content = st.loc[sid, "description"].replace("; ", ", ").split(", ")
         assert q.casefold() not in {c.casefold() for c in content}
+    # content_overlap: 1.0 appends every query word to its emoji's content (issue 23.2)
+    full = build_dataset("emoji-styles", emoji_folder, tmp_path / "full",
+                         {**sim, "content_overlap": 1.0})
+    fst = full.stickers.set_index("sticker_id")
+    assert fst.loc["1F600:noto", "description"] == "grinning face; face, grin, happy; joy"
+    # "tears" already shares the stem "tear" with a tag: nothing is added
+    assert fst.loc["1F622:noto", "description"] == st.loc["1F622:noto", "description"]
+    assert full.meta["content_overlap"]["achieved"] == 1.0
+    assert ds.meta["content_overlap"]["target"] is None
     everything = build_dataset("emoji-styles", emoji_folder, tmp_path / "all",
                                {**sim, "query_words": "all", "content": "none"})
     assert everything.text_columns == [] and "grinning face" in \

@@ -91,3 +91,18 @@ def test_calibrate_tiny_bed_null_control_at_zero_positive_control_rises(tmp_path
     assert [m.step for m in history] == [0, 1]
     assert history[1].value == pytest.approx(pos[1])
     assert client.get_run(run_id).data.tags["persrv.kind"] == "calibration"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from tests.conftest import run_main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: {builder: synthetic, params: {images: false}}\n"
+                   "retrievers: [{name: persrv}]\n", encoding="utf-8")
+    code, _, err = run_main(capsys, "calibrate", str(cfg), "--levels", "colour=1,2")
+    assert code == 2 and "--levels 'colour=1,2'" in err and "Traceback" not in err
+    code, _, err = run_main(capsys, "calibrate", str(cfg), "--effects", "style,colour")
+    assert code == 2 and "unknown effect(s) colour" in err
+    code, _, err = run_main(capsys, "calibrate", str(cfg), "--seeds", "a")
+    assert code == 2 and "--seeds takes integers" in err
+    code, out, _ = run_main(capsys, "calibrate", "--help")
+    assert code == 0 and "minimum" in out

@@ -42,9 +42,11 @@ class SplitSpec(_Strict):
 
 class ProtocolSpec(_Strict):
     """How requests are made (DESIGN §3): ``simulated-users`` (the dataset's clicks, split by
-    ``split:``) or ``leave-one-query-out`` (one seeded human query per sticker is the test)."""
+    ``split:``), ``leave-one-query-out`` (one seeded human query per sticker is the test) or
+    ``user-split`` (real users split 70/15/15; an example is a history plus a query whose
+    target is not in it: :func:`bench.data.protocols.user_split`)."""
 
-    name: Literal["simulated-users", "leave-one-query-out"] = "simulated-users"
+    name: Literal["simulated-users", "leave-one-query-out", "user-split"] = "simulated-users"
     seed: int = 0
     min_queries: int = Field(2, ge=2)
     validation: bool = Field(False, description="leave-one-query-out: hold out a second query")

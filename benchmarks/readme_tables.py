@@ -28,7 +28,14 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
     "quickstart-seeds": ("experiments/quickstart.yaml", [], [0, 1, 2]),
     "loqo": ("experiments/sticker_queries_loqo.yaml", [], [0, 1, 2, 3, 4]),
     "fidelity": ("experiments/quickstart.yaml", [], None),  # benchmarks/fidelity_table.py
+    # `persrv-bench calibrate`: 2 seeds of 300 users per level (the quickstart bed image-less, so
+    # each level builds in seconds: simulated OCR text, the builder's style vectors)
+    "calibrate-quickstart": ("experiments/quickstart.yaml",
+                             ["dataset.params.images=false", "features.ocr=false",
+                              "features.encoder=precomputed"], [0, 1]),
+    "calibrate-emoji-styles": ("experiments/emoji_styles.yaml", [], [0, 1]),
 }
+CALIBRATE_USERS = 300
 
 BLOCK_RE = r"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)"
 
@@ -78,10 +85,28 @@ def fidelity_block() -> str:
     return out.getvalue().rstrip() + "\n\n`python benchmarks/fidelity_table.py`\n"
 
 
+def calibrate_block(name: str, workdir: Path) -> str:
+    """The bed self-test's dose-response tables, as ``persrv-bench calibrate`` prints them."""
+    from bench.calibrate.output import format_table
+    from bench.calibrate.sweep import calibrate
+    from bench.config import load_config
+    config, overrides, seeds = JOBS[name]
+    cfg = load_config(ROOT / config, [*overrides, "tracking.enabled=false"])
+    t0 = time.perf_counter()
+    cal = calibrate(cfg, seeds=seeds, n_users=CALIBRATE_USERS, folder=workdir)
+    seconds = time.perf_counter() - t0
+    flags = "".join(f" -o {o}" for o in overrides)
+    return (f"{format_table(cal)}\n\n`persrv-bench calibrate {config}{flags} --seeds "
+            f"{','.join(map(str, seeds))} --n-users {CALIBRATE_USERS}` ({seconds:.0f} s wall "
+            f"on this machine).\n")
+
+
 def run_job(name: str, workdir: Path) -> str:
     """Run one job with tracking off in ``workdir``; return its README block body."""
     if name == "fidelity":
         return fidelity_block()
+    if name.startswith("calibrate-"):
+        return calibrate_block(name, workdir)
     from bench.config import load_config
     from bench.experiment import run_experiment
     config, overrides, seeds = JOBS[name]

@@ -40,13 +40,31 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def make_run_folder(parent: Path, name: str) -> Path:
+    """A new, empty run folder ``parent/<name>-<YYYYmmdd-HHMMSS>-<6 hex>``, created exclusively
+    (``mkdir(exist_ok=False)``; a collision draws another suffix), so two runs of the same name
+    started in the same second never share a folder."""
+    import secrets
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = parent / f"{name}-{_timestamp()}-{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(exist_ok=False)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name under {parent} after 100 tries")
+
+
 def safe_name(text: str, what: str) -> str:
-    """``text`` as one path component (a run name or a retriever label); ``..``, separators and
-    absolute paths are refused so nothing is written outside ``output_dir``."""
+    """``text`` as one path component (a run name or a retriever label); ``..``, separators,
+    control characters and absolute paths are refused so nothing is written outside
+    ``output_dir`` and nothing printed can move the cursor or forge a line."""
     from bench.errors import ConfigError
-    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise ConfigError(f"{what} {text!r} cannot be used as a folder name (no '/', '\\', "
-                          "'..' or empty names)")
+    from bench.secrets import safe_text
+    if not text or text in (".", "..") or "/" in text or "\\" in text or safe_text(text) != text:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be used as a folder name (no '/', "
+                          "'\\', '..', control characters or empty names)")
     return text
 
 
@@ -59,10 +77,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
 
     from bench.data.format import write_json_atomic
     from bench.evaluate import write_qrels, write_users
-    from bench.tracking import mask_credentials
-    resolved = cfg.model_dump(mode="json")
-    if resolved.get("tracking", {}).get("uri"):
-        resolved["tracking"]["uri"] = mask_credentials(resolved["tracking"]["uri"])
+    from bench.secrets import mask_tree
+    resolved = mask_tree(cfg.model_dump(mode="json"))  # URLs and secret-named params: ***
     (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
                                                        allow_unicode=True), encoding="utf-8")
     qids = requests.qids
@@ -91,6 +107,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     from bench.tracking import check_reachable, resolve_tracking_uri
     from bench.tracking.benchmark import BenchmarkLog
 
+    from bench.secrets import register_tree
+    register_tree(cfg.model_dump(mode="json"))  # secret-named params are masked in every output
     runner.check_config(cfg)  # before any expensive work
     safe_name(cfg.name, "name")
     for spec in cfg.retrievers:
@@ -100,12 +118,11 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
         check_reachable(uri)  # before any expensive work
     ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
     experiment = cfg.tracking.experiment or ds.name
-    folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_run_folder(Path(output_dir or cfg.output_dir), cfg.name)
         write_status(folder, "running")
     except OSError as exc:
-        raise _output_error(exc, folder) from None
+        raise _output_error(exc, Path(output_dir or cfg.output_dir)) from None
     tracking = BenchmarkLog(uri, experiment, folder, echo)
     with terminate_as_interrupt():
         try:
@@ -119,6 +136,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
             raise _output_error(exc, folder) from None
         except BaseException as exc:
             _mark(folder, tracking, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.run_folder = folder  # the CLI's boundary saves the traceback there
             raise
 
 
@@ -188,7 +207,8 @@ def _output_error(exc: OSError, folder: Path):
 def _mark(folder: Path, tracking, state: str, mlflow_status: str, why: str) -> None:
     """Best effort: the folder's status.json and the parent run say how the run ended."""
     try:
-        write_status(folder, state, error=why[:2000])
+        from bench.secrets import mask_credentials
+        write_status(folder, state, error=mask_credentials(why)[:2000])
     except OSError:
         pass
     tracking.abort(mlflow_status)

@@ -53,7 +53,8 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="persrv-bench")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback too.")
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
     """persrv-bench: benchmark harness for personalized sticker retrieval (PerSRV)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -225,22 +226,30 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning BenchError into a one-line message and exit code 2."""
-    from bench.errors import BenchError
+    """Entry point and the one error boundary (:mod:`bench.cli.boundary`): any exception is one
+    masked line on stderr (BenchError and input/environment errors exit 2, others 1), its
+    traceback saved to a log file (printed with ``--debug``)."""
+    from bench.cli import boundary
+    from bench.secrets import install_log_masking
+    args = list(sys.argv[1:] if argv is None else argv)
+    boundary.prepare_streams()
+    boundary.register_argument_secrets(args)
+    install_log_masking()
     try:
-        cli.main(args=argv, prog_name="persrv-bench", standalone_mode=False)
+        cli.main(args=args, prog_name="persrv-bench", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except BenchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (the boundary: every exception is one line)
+        sys.exit(boundary.report(exc, args, debug="--debug" in args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,10 @@ _SECRET_NAME_RE = re.compile(
     r"api_?key|access_?key|auth_?key|(?:api|access|auth|bearer|refresh|session|hf|github|gh|id)"
     r"_?token)$")
 
+#: Text that is one URL: a scheme, then no line break, and no whitespace after the last "@".
+_WHOLE_URL_RE = re.compile(r"\s*[a-zA-Z][a-zA-Z0-9+.\-]*://[^\n]*@[^\s@]*\s*$|"
+                           r"\s*[a-zA-Z][a-zA-Z0-9+.\-]*://\S*\s*$")
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _secret_re: re.Pattern | None = None
@@ -125,8 +129,8 @@ def mask_credentials(text: object) -> str:
     """``text`` with registered secrets, ``user:password@`` in URLs and secret query values
     replaced by ``***`` (``postgresql://***@host/db``). A whole URL is registered first."""
     text = str(text)
-    if "://" in text and not any(ch.isspace() for ch in text.strip()):
-        register_url(text)  # a URL with a space in its password: register_url() it explicitly
+    if "://" in text and _WHOLE_URL_RE.match(text):
+        register_url(text)  # text that is one URL (its password may hold spaces)
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(MASK, text)

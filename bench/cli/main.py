@@ -149,6 +149,13 @@ def retrievers_cmd() -> None:
 
 # ----------------------------------------------------------------------------------------- run
 
+def safe_echo(text: str = "") -> None:
+    """``click.echo`` of a line made from user-supplied names: credentials masked, control
+    characters escaped (:func:`bench.secrets.safe_output`)."""
+    from bench.secrets import safe_output
+    click.echo(safe_output(text))
+
+
 @cli.command("run")
 @click.argument("config", type=click.Path())
 @click.argument("extra", nargs=-1, metavar="[KEY=VALUE ...]")
@@ -186,16 +193,17 @@ def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], see
     if seed_list:
         from bench.experiment_seeds import run_seeds
         group = run_seeds(cfg, seed_list, tracking_uri=tracking_uri, output_dir=output_dir,
-                          config_path=config, echo=click.echo)
+                          config_path=config, echo=safe_echo)
         failed = [r for outcome in group.outcomes for r in outcome.failed]
     else:
         outcome = run_experiment(cfg, tracking_uri=tracking_uri, output_dir=output_dir,
-                                 config_path=config, echo=click.echo)
+                                 config_path=config, echo=safe_echo)
         failed = outcome.failed
     if failed:
+        from bench.secrets import safe_output
         for r in failed:
-            click.echo(f"error: retriever {r.label} failed: {r.error} (see {r.folder}/error.txt)",
-                       err=True)
+            click.echo(safe_output(f"error: retriever {r.label} failed: {r.error} (see "
+                                   f"{r.folder}/error.txt)"), err=True)
         sys.exit(1)
 
 

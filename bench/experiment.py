@@ -65,6 +65,14 @@ def safe_name(text: str, what: str) -> str:
     if not text or text in (".", "..") or "/" in text or "\\" in text or safe_text(text) != text:
         raise ConfigError(f"{what} {safe_text(text)!r} cannot be used as a folder name (no '/', "
                           "'\\', '..', control characters or empty names)")
+    import sys
+    encoding = sys.getfilesystemencoding()
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be a folder name in the file-system "
+                          f"encoding {encoding} (from the locale): use a UTF-8 locale "
+                          "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or an ASCII name") from None
     return text
 
 

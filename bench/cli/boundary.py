@@ -119,6 +119,8 @@ def report(exc: BaseException, argv: list[str], debug: bool) -> int:
         line, status = str(exc), 2
     else:
         line, status = describe(exc), 2 if is_input_error(exc) else 1
+        if not getattr(exc, "filename", None):  # name what the user gave: config, folder...
+            line += f" [while running: persrv-bench {' '.join(argv)[:300]}]"
     saved = save_traceback(exc, argv) if (debug or not isinstance(exc, BenchError)) else None
     if debug:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -40,6 +40,11 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def _short_list(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 6 else \
+        f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)} in all)"
+
+
 def make_run_folder(parent: Path, name: str) -> Path:
     """A new, empty run folder ``parent/<name>-<YYYYmmdd-HHMMSS>-<6 hex>``, created exclusively
     (``mkdir(exist_ok=False)``; a collision draws another suffix), so two runs of the same name
@@ -125,6 +130,12 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     if uri:
         check_reachable(uri)  # before any expensive work
     ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
+    from bench.cutoffs import dropped_ks, effective_ks
+    if dropped_ks(cfg.ks, len(ds.stickers)):  # k over the corpus size: same lists, same values
+        log.warning("ks %s are not computed: with %d stickers they equal k=%d",
+                    _short_list(dropped_ks(cfg.ks, len(ds.stickers))), len(ds.stickers),
+                    effective_ks(cfg.ks, len(ds.stickers))[-1])
+        cfg.ks = effective_ks(cfg.ks, len(ds.stickers))
     experiment = cfg.tracking.experiment or ds.name
     try:
         folder = make_run_folder(Path(output_dir or cfg.output_dir), cfg.name)

@@ -262,6 +262,8 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     skipped: dict[str, int] = {}
     inter = _drop_invalid_clicks(inter, stickers, ifile, on_invalid, skipped)
     inter, tied = ids.order_tied_clicks(inter, ifile)  # row order never decides a split
+    inter, _ = ids.cap_text(inter, ["query"], ifile)
+    stickers, _ = ids.cap_text(stickers, text_columns(stickers), sfile)
     images = stickers["image"]
     stickers, image_stats = integrity.apply_path_policy(stickers, root, sfile, on_invalid,
                                                         skipped)

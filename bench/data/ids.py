@@ -9,6 +9,9 @@
   file, row and column.
 - **Timestamps** must fit int64: an unsigned column over 2**63 - 1 or a float column outside
   [-2**63, 2**63) is refused instead of wrapping negative.
+- **Long text**: every text cell (queries and sticker text columns) is cut at
+  :data:`MAX_TEXT_CHARS` characters, with a warning counting the cells per column; a 10 MB cell
+  would otherwise cost gigabytes once tokenized and indexed.
 - **Ties**: clicks of one user with the same ``ts`` are ordered by ``(query, sticker_id)``, so
   the split (a stable sort by user and ts) does not depend on the file's row order; their number
   is logged as a warning and kept in ``meta["tied_clicks"]``.
@@ -26,6 +29,8 @@ from bench.errors import DatasetError
 log = logging.getLogger(__name__)
 
 _INT64_LIMIT = 2.0 ** 63
+#: Longest text cell kept (characters); longer ones are cut, counted and warned about.
+MAX_TEXT_CHARS = 10_000
 #: Canonical order of clicks that share (user_id, ts).
 TIE_ORDER = ("user_id", "ts", "query", "sticker_id")
 
@@ -107,3 +112,24 @@ def order_tied_clicks(inter: pd.DataFrame, file: str) -> tuple[pd.DataFrame, int
     log.warning("%s: %d clicks share a timestamp with another click of the same user; they are "
                 "ordered by (ts, query, sticker_id), not by row order", file, n)
     return ordered, n
+
+
+def cap_text(frame: pd.DataFrame, columns: list[str], file: str) -> tuple[pd.DataFrame, int]:
+    """``frame`` with every cell of ``columns`` longer than :data:`MAX_TEXT_CHARS` cut there, and
+    the number of cells cut (0: the frame is returned as is)."""
+    total = 0
+    for col in columns:
+        values = frame[col]
+        lengths = values.str.len()
+        long = (lengths > MAX_TEXT_CHARS).fillna(False).to_numpy(dtype=bool)
+        if not long.any():
+            continue
+        if not total:
+            frame = frame.copy()
+        frame.loc[long, col] = values[long].str.slice(0, MAX_TEXT_CHARS)
+        total += int(long.sum())
+        log.warning("%s: %d cells of column %r are longer than %d characters (the longest: %d, "
+                    "row %d); cut to %d", file, int(long.sum()), col, MAX_TEXT_CHARS,
+                    int(lengths.max()), int(np.argmax(lengths.fillna(0).to_numpy())),
+                    MAX_TEXT_CHARS)
+    return frame, total

@@ -17,19 +17,19 @@ from bench.cutoffs import dropped_ks, effective_ks
 
 
 @pytest.mark.parametrize("ks,n,expected", [
-    (range(1, 3001), 15, list(range(1, 16))),
-    ([1, 5, 10, 20], 15, [1, 5, 10, 20]),       # 20 stays: the primary metric keeps its name
-    ([1, 5, 10, 20, 50, 100], 15, [1, 5, 10, 20]),
+    (range(1, 3001), 15, list(range(1, 16)) + [3000]),  # the depth keeps its name
+    ([1, 5, 10, 20], 15, [1, 5, 10, 20]),
+    ([1, 5, 10, 20, 50, 100], 15, [1, 5, 10, 20, 100]),
     ([1, 5], 15, [1, 5]),
-    ([30, 40], 15, [30]),
-    ([3, 3, 2], 1, [2]),
+    ([30, 40, 50], 15, [30, 50]),
+    ([3, 3, 2, 4], 1, [2, 4]),
 ])
 def test_effective_ks(ks, n, expected):
     assert effective_ks(ks, n) == expected
     assert sorted(set(effective_ks(ks, n)) | set(dropped_ks(ks, n))) == sorted(set(ks))
 
 
-def test_a_run_with_3000_cutoffs_on_15_stickers_logs_15(tiny_dataset, tmp_path, isolated_cache,
+def test_a_run_with_3000_cutoffs_on_15_stickers_logs_16(tiny_dataset, tmp_path, isolated_cache,
                                                          capsys, caplog):
     from mlflow.tracking import MlflowClient
     cfg = {"name": "many-ks", "dataset": {"path": str(tiny_dataset)},
@@ -43,15 +43,17 @@ def test_a_run_with_3000_cutoffs_on_15_stickers_logs_15(tiny_dataset, tmp_path, 
                                   uri)
     seconds = time.perf_counter() - t0
     assert code == 0, err
-    assert "ks 16, 17, ..., 3000 (2985 in all) are not computed" in caplog.text
+    assert "ks 16, 17, ..., 2999 (2984 in all) are not computed" in caplog.text
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId"))
     plain = [k for k in child.data.metrics if k.startswith("m_mrr_at_") and "__" not in k]
-    assert sorted(int(k.rsplit("_", 1)[1]) for k in plain) == list(range(1, 16))
+    assert sorted(int(k.rsplit("_", 1)[1]) for k in plain) == list(range(1, 16)) + [3000]
+    assert child.data.metrics["m_mrr_at_3000"] == child.data.metrics["m_mrr_at_15"]
     assert len(child.data.metrics) < 400  # was ~123k metric rows
     folder = next((tmp_path / "out").iterdir())
-    assert "m_mrr_at_15" in pd.read_csv(folder / "results.csv").columns
+    assert {"m_mrr_at_15", "m_mrr_at_3000"} <= set(pd.read_csv(folder / "results.csv").columns)
+    assert "M-MRR@3000" in out
     assert seconds < 120, seconds  # minutes before the cap, on a loaded 2-core machine
 
 

@@ -153,3 +153,19 @@ def test_a_latin1_terminal_and_an_ascii_file_system(tiny_dataset, tmp_path, isol
     err = proc.stderr.decode("ascii", "replace")
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "file-system encoding" in err and "PYTHONUTF8=1" in err
+
+
+@pytest.mark.slow
+def test_a_non_ascii_dataset_path_on_an_ascii_file_system(tiny_dataset, tmp_path):
+    """LC_ALL=C, PYTHONUTF8=0: the path is named as unwritable in that encoding, not 'not a
+    directory'."""
+    moved = tmp_path / "数据"
+    tiny_dataset.rename(moved)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C", "PYTHONUTF8": "0",
+           "PERSRV_BENCH_LOG_DIR": str(tmp_path / "logs")}
+    env.pop("PYTHONIOENCODING", None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "datasets", "describe", str(moved)],
+                          env=env, capture_output=True, cwd=tmp_path, timeout=300)
+    err = proc.stderr.decode("ascii", "replace")
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "file-system encoding" in err and "not a directory" not in err

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -251,6 +253,17 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     replaced by the content's.
     """
     root = Path(path)
+    try:  # is_dir() would say False ("not a directory"), pyarrow fail on the surrogates
+        os.fsencode(root)
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = os.fsencode(root).decode("utf-8", "replace")  # undo surrogateescape
+        except UnicodeEncodeError:
+            shown = str(root)
+        raise DatasetError(f"the path does not fit the file-system encoding "
+                           f"{sys.getfilesystemencoding()} (from the locale): use a UTF-8 locale "
+                           "(LC_ALL=C.UTF-8) or PYTHONUTF8=1", file=shown) from None
     if not root.is_dir():
         raise DatasetError("not a directory (expected a dataset directory with "
                            f"{STICKERS_FILE}, {INTERACTIONS_FILE}, {META_FILE})", file=str(root))

@@ -40,13 +40,44 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def _short_list(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 6 else \
+        f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)} in all)"
+
+
+def make_run_folder(parent: Path, name: str) -> Path:
+    """A new, empty run folder ``parent/<name>-<YYYYmmdd-HHMMSS>-<6 hex>``, created exclusively
+    (``mkdir(exist_ok=False)``; a collision draws another suffix), so two runs of the same name
+    started in the same second never share a folder."""
+    import secrets
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = parent / f"{name}-{_timestamp()}-{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(exist_ok=False)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name under {parent} after 100 tries")
+
+
 def safe_name(text: str, what: str) -> str:
-    """``text`` as one path component (a run name or a retriever label); ``..``, separators and
-    absolute paths are refused so nothing is written outside ``output_dir``."""
+    """``text`` as one path component (a run name or a retriever label); ``..``, separators,
+    control characters and absolute paths are refused so nothing is written outside
+    ``output_dir`` and nothing printed can move the cursor or forge a line."""
     from bench.errors import ConfigError
-    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise ConfigError(f"{what} {text!r} cannot be used as a folder name (no '/', '\\', "
-                          "'..' or empty names)")
+    from bench.secrets import safe_text
+    if not text or text in (".", "..") or "/" in text or "\\" in text or safe_text(text) != text:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be used as a folder name (no '/', "
+                          "'\\', '..', control characters or empty names)")
+    import sys
+    encoding = sys.getfilesystemencoding()
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be a folder name in the file-system "
+                          f"encoding {encoding} (from the locale): use a UTF-8 locale "
+                          "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or an ASCII name") from None
     return text
 
 
@@ -59,10 +90,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
 
     from bench.data.format import write_json_atomic
     from bench.evaluate import write_qrels, write_users
-    from bench.tracking import mask_credentials
-    resolved = cfg.model_dump(mode="json")
-    if resolved.get("tracking", {}).get("uri"):
-        resolved["tracking"]["uri"] = mask_credentials(resolved["tracking"]["uri"])
+    from bench.secrets import mask_tree
+    resolved = mask_tree(cfg.model_dump(mode="json"))  # URLs and secret-named params: ***
     (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
                                                        allow_unicode=True), encoding="utf-8")
     qids = requests.qids
@@ -92,6 +121,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     from bench.tracking import check_reachable, resolve_tracking_uri
     from bench.tracking.benchmark import BenchmarkLog
 
+    from bench.secrets import register_tree
+    register_tree(cfg.model_dump(mode="json"))  # secret-named params are masked in every output
     runner.check_config(cfg)  # before any expensive work
     safe_name(cfg.name, "name")
     for spec in cfg.retrievers:
@@ -100,13 +131,18 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     if uri:
         check_reachable(uri)  # before any expensive work
     ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
+    from bench.cutoffs import dropped_ks, effective_ks
+    if dropped_ks(cfg.ks, len(ds.stickers)):  # k over the corpus size: same lists, same values
+        log.warning("ks %s are not computed: with %d stickers they equal k=%d",
+                    _short_list(dropped_ks(cfg.ks, len(ds.stickers))), len(ds.stickers),
+                    effective_ks(cfg.ks, len(ds.stickers))[-1])
+        cfg.ks = effective_ks(cfg.ks, len(ds.stickers))
     experiment = cfg.tracking.experiment or ds.name
-    folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_run_folder(Path(output_dir or cfg.output_dir), cfg.name)
         write_status(folder, "running")
     except OSError as exc:
-        raise _output_error(exc, folder) from None
+        raise _output_error(exc, Path(output_dir or cfg.output_dir)) from None
     tracking = BenchmarkLog(uri, experiment, folder, echo)
     with terminate_as_interrupt():
         try:
@@ -120,6 +156,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
             raise _output_error(exc, folder) from None
         except BaseException as exc:
             _mark(folder, tracking, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.run_folder = folder  # the CLI's boundary saves the traceback there
             raise
 
 
@@ -259,7 +297,8 @@ def _output_error(exc: OSError, folder: Path):
 def _mark(folder: Path, tracking, state: str, mlflow_status: str, why: str) -> None:
     """Best effort: the folder's status.json and the parent run say how the run ended."""
     try:
-        write_status(folder, state, error=why[:2000])
+        from bench.secrets import mask_credentials
+        write_status(folder, state, error=mask_credentials(why)[:2000])
     except OSError:
         pass
     tracking.abort(mlflow_status)

@@ -227,6 +227,9 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
     space, spec, n_trials, sampler_kind, seed, study_name = _resolve_inputs(
         space, cfg, n_trials, sampler, seed, study_name)
     grid_points = space.grid_points() if sampler_kind == "grid" else None
+    from bench.secrets import register_tree, register_url
+    register_tree(cfg.model_dump(mode="json"))  # secret-named params: masked in every output
+    register_url(storage)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
     if uri:
         check_reachable(uri)

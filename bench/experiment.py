@@ -201,6 +201,8 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
 
     one_relevant = getattr(cfg.protocol, "name", "") == "leave-one-query-out"
 
+    from bench.secrets import safe_text
+
     def on_result(result: RetrieverResult) -> None:
         if not result.error:
             m = result.macro
@@ -210,7 +212,7 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
             tie = m.get(f"m_mrr_at_{kmax}_tie_aware")
             fair = (f" (tie-aware {tie:.4f}, coverage {m['coverage']:.0%})"
                     if tie is not None and "coverage" in m else "")
-            echo(f"  {safe_label(result.label):<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}"
+            echo(f"  {safe_text(result.label):<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}"
                  f"{fair}{hits}  fit {result.fit_seconds:.1f}s  search "
                  f"{result.search_seconds:.1f}s")
         tracking.log_child(result, ds)
@@ -230,12 +232,6 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
                                    f"{experiment!r}, run {outcome.parent_run_id})"
                                    if outcome.parent_run_id else ""))
     return outcome
-
-
-def safe_label(text: str) -> str:
-    """A user-supplied name for the terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(text))
 
 
 #: The ledger of evaluations per dataset fingerprint, in the output folder.

@@ -10,7 +10,6 @@ over users of the primary metric.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -153,8 +152,8 @@ def run_seeds(cfg: ExperimentConfig, seeds: list[int], *, tracking_uri: str | No
     safe_name(cfg.name, "name")
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     root = Path(output_dir or cfg.output_dir)
-    folder = root / f"{cfg.name}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
+    from bench.experiment import make_run_folder
+    folder = make_run_folder(root, f"{cfg.name}-seeds")
     group = SeedGroup(folder=folder, seeds=seeds)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
     tracker = safe_tracker(uri, echo) if uri else None

@@ -265,8 +265,9 @@ def run_retrievers(cfg: ExperimentConfig, view, requests, folder: Path,
         except Exception as exc:  # one failing retriever must not lose the others' results
             log.error("retriever %s failed: %s", spec.display, exc)
             sub.mkdir(parents=True, exist_ok=True)
+            from bench.secrets import mask_credentials
             detail = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
-            (sub / "error.txt").write_text(detail + "\n", encoding="utf-8")
+            (sub / "error.txt").write_text(mask_credentials(detail) + "\n", encoding="utf-8")
             result = RetrieverResult(spec.display, spec.name, dict(spec.params), {}, {}, 0.0, 0.0,
                                      folder=sub, error=f"{type(exc).__name__}: {exc}")
         results.append(result)

@@ -183,8 +183,6 @@ def test_run_writes_the_token_nowhere(tiny_dataset, tmp_path, isolated_cache, ca
                     [out, err, caplog.text])
 
 
-@pytest.mark.xfail(strict=True, reason="bench/runner.py (the lead's) writes error.txt with the "
-                   "raw exception text: wrap `detail` in bench.secrets.mask_credentials there")
 def test_failing_retriever_writes_the_token_nowhere(tiny_dataset, tmp_path, isolated_cache,
                                                     capsys, caplog, log_dir):
     config = _config(tmp_path, tiny_dataset, fail=True)

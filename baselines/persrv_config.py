@@ -110,12 +110,8 @@ class PerSRVParams(RetrieverParams):
     @field_validator("stem")
     @classmethod
     def _stem(cls, value: str | None) -> str | None:
-        if value is not None:
-            import Stemmer
-            if value not in Stemmer.algorithms():
-                raise ValueError(f"unknown stemmer language; PyStemmer knows "
-                                 f"{', '.join(Stemmer.algorithms())}")
-        return value
+        from baselines.bm25 import check_stem
+        return check_stem(value)
 
 
 def _cell_text(value: Any, sep: str = " ") -> str:

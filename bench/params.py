@@ -95,18 +95,28 @@ class RetrieverParams(BaseModel):
         return {n: f.get_default(call_default_factory=True) for n, f in cls.model_fields.items()}
 
 
+def _shown(value: Any) -> str:
+    shown = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _one_line(retriever: str, exc: ValidationError) -> str:
-    parts = []
+    """One line naming each bad parameter, its value and what is allowed; a union's branches
+    (``list[str] | str``) are folded into one entry."""
+    by_name: dict[str, list[dict]] = {}
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "params"
-        value = err.get("input")
-        msg = err.get("msg", "invalid")
+        loc = err.get("loc", ())
+        by_name.setdefault(str(loc[0]) if loc else "params", []).append(err)
+    parts = []
+    for name, errs in by_name.items():
+        err = errs[0]
         if err.get("type") == "extra_forbidden":
-            parts.append(f"no parameter {loc!r}")
+            parts.append(f"no parameter {name!r}")
+        elif len(errs) > 1 and all(len(e.get("loc", ())) > 1 for e in errs):
+            kinds = " or ".join(str(e["loc"][1]) for e in errs)
+            parts.append(f"{name}={_shown(err.get('input'))}: expected {kinds}")
         else:
-            shown = repr(value) if not isinstance(value, float) or math.isfinite(value) \
-                else str(value)
-            parts.append(f"{loc}={shown[:60]}: {msg}")
+            parts.append(f"{name}={_shown(err.get('input'))}: {err.get('msg', 'invalid')}")
     return f"retriever {retriever!r}: " + "; ".join(parts)
 
 

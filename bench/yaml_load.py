@@ -52,9 +52,6 @@ def load_yaml(text: str, source: str) -> Any:
     for ev in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(ev, yaml.AliasEvent):
             aliases += 1
-            if aliases > MAX_YAML_ALIASES:
-                raise ConfigError(f"{source}: more than {MAX_YAML_ALIASES} YAML aliases; "
-                                  "refusing a config that could expand without bound")
         elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
@@ -62,6 +59,9 @@ def load_yaml(text: str, source: str) -> Any:
                                   f"{MAX_YAML_DEPTH} levels; is this a config file?")
         elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+    if aliases > MAX_YAML_ALIASES:
+        raise ConfigError(f"{source}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
+                          "refusing a config that could expand without bound")
     try:
         return yaml.load(text, Loader=_unique_key_loader())
     except ConfigError as exc:

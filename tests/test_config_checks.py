@@ -12,7 +12,7 @@ import yaml
 
 from conftest import run_main
 
-from test_bad_input import assert_one_line_error
+from bad_input_helpers import assert_one_line_error
 
 RETRIEVERS = [{"name": "random", "params": {"seed": 0}}, {"name": "popularity"},
               {"name": "bm25", "params": {"fields": ["ocr_text", "queries"]}},

@@ -215,6 +215,9 @@ class Configurable:
             return new
         new = type(self)(**validated.model_dump())
         view = self.fitted_view()
+        if view is None and self.is_fitted():
+            raise RuntimeError(f"{self.name}: fitted without remembering its view (fit replaced "
+                               "after the class was made?); fit the copy yourself")
         return new.fit(view) if view is not None else new
 
     def needs_fit_after(self, changes: dict[str, Any]) -> bool:

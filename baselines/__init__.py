@@ -1,4 +1,5 @@
 """Registered retrievers, one module each. Importing this package registers them all."""
 
-from baselines import (bm25, dense_clip, dense_text, persrv, persrv_variants,  # noqa: F401
+from baselines import (bm25, dense_clip, dense_text, persrv, persrv_style,  # noqa: F401
+                       persrv_variants,
                        popularity, query_lookup, random, user_history)

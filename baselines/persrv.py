@@ -83,6 +83,7 @@ class PerSRV(PerSRVConfig):
     def fit(self, train: TrainView) -> "PerSRV":
         self.train_ = train
         self.recall_caches_ = RecallCaches()  # shared by the with_params copies of this fit
+        self._boost_counts = None  # diagnostics(): re-rank counts of this fit's searches
         self.user_points_ = None  # points of the clusters: per TrainView, reused by with_params
         self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
         self._fit_index(train)
@@ -283,4 +284,17 @@ class PerSRV(PerSRVConfig):
                 else self.with_params(pool=int(k))
         pool = me.recall(requests)
         ids, scores = me.personalize(pool, requests, int(k))
+        if me.personalization and me.clusters_ is not None and me.geometry == "cosine":
+            from bench.persrv.diagnostics import add_counts, boost_counts
+            self._boost_counts = add_counts(getattr(self, "_boost_counts", None), boost_counts(
+                me.clusters_, me.user_points_, me.embeddings_, me.inv_norms_,
+                [r.user_id for r in requests], ids))
         return self.to_run(requests, ids, scores)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Personalisation diagnostics of the fit and the searches so far (cluster shapes, where
+        the re-rank lands): :func:`bench.persrv.diagnostics.persrv_diagnostics`."""
+        from bench.persrv.diagnostics import persrv_diagnostics
+        return persrv_diagnostics(getattr(self, "clusters_", None),
+                                  getattr(self, "user_points_", None),
+                                  getattr(self, "_boost_counts", None))

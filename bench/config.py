@@ -73,9 +73,11 @@ class SplitSpec(_Strict):
 
 class ProtocolSpec(_Strict):
     """How requests are made (DESIGN §3): ``simulated-users`` (the dataset's clicks, split by
-    ``split:``) or ``leave-one-query-out`` (one seeded human query per sticker is the test)."""
+    ``split:``), ``leave-one-query-out`` (one seeded human query per sticker is the test) or
+    ``user-split`` (real users split 70/15/15; an example is a history plus a query whose
+    target is not in it: :func:`bench.data.protocols.user_split`)."""
 
-    name: Literal["simulated-users", "leave-one-query-out"] = "simulated-users"
+    name: Literal["simulated-users", "leave-one-query-out", "user-split"] = "simulated-users"
     seed: int = Field(0, ge=0)
     min_queries: int = Field(2, ge=2)
     validation: bool = Field(False, description="leave-one-query-out: hold out a second query")
@@ -97,6 +99,15 @@ class RetrieverSpec(_Strict):
         return self.label or self.name
 
 
+class EvaluationSpec(_Strict):
+    """How every retriever's list is judged (:mod:`bench.listing`): ``fill: popularity`` appends
+    the fitting clicks' popularity order to every list up to the largest k (the same for every
+    retriever); ``none`` scores lists as returned. Coverage, tie-aware and as-returned values are
+    reported either way."""
+
+    fill: Literal["popularity", "none"] = "popularity"
+
+
 class TrackingSpec(_Strict):
     uri: str | None = None
     experiment: str | None = Field(None, description="default: the dataset's name")
@@ -112,6 +123,7 @@ class ExperimentConfig(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     eval_split: Literal["test", "validation"] = "test"
     batch_size: int = Field(2048, ge=1)
     output_dir: str = "persrv-runs"

@@ -74,7 +74,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
     sample = runner.history_sample(view, ds)
     if sample is not None:
         sample.to_parquet(folder / "history_sample.parquet", index=False)
-    data_report = {"dataset_skipped": dict(ds.skipped), "split": split_report,
+    data_report = {"dataset": {"name": str(ds.name), "fingerprint": str(ds.fingerprint)},
+                   "dataset_skipped": dict(ds.skipped), "split": split_report,
                    "features": {k: (feature_report or {})[k] for k in FEATURE_REPORT_PARAMS
                                 if k in (feature_report or {})}}
     write_json_atomic(folder / "data_report.json",
@@ -131,8 +132,14 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
     data_report = write_inputs(cfg, folder, ds, requests, view, labels, feature_report,
                                split_report)
     resolved = cfg.model_dump(mode="json")
+    test_evaluations = record_evaluation(Path(folder).parent, ds.fingerprint, cfg.eval_split)
+    from bench.tracking import schema
     tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
-                          config_path=config_path, parent_run_id=parent_run_id, params={
+                          config_path=config_path, parent_run_id=parent_run_id,
+                          extra_tags={schema.EVAL_SPLIT: cfg.eval_split,
+                                      schema.FILL: cfg.evaluation.fill,
+                                      schema.TEST_EVALUATIONS: str(test_evaluations)},
+                          params={
                               "config": {k: v for k, v in resolved.items()
                                          if k not in ("retrievers", "tracking")},
                               "retrievers": ",".join(s.display for s in cfg.retrievers),
@@ -147,6 +154,11 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
          f"{len(requests)} {cfg.eval_split} requests from {len(set(requests.users.values()))} users")
     for line in _data_report_lines(data_report):
         echo(f"  {line} (see {folder / 'data_report.json'})")
+    if cfg.eval_split == "test":
+        echo(f"  test split: evaluation {test_evaluations} of dataset {ds.fingerprint} in "
+             f"{Path(folder).parent} (choose settings on validation: eval_split=validation)")
+    for line in split_warnings(ds, splits, cfg):
+        echo(f"  warning: {line}")
     kmax = max(cfg.ks)
 
     one_relevant = getattr(cfg.protocol, "name", "") == "leave-one-query-out"
@@ -157,8 +169,12 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
             hits = (f"  MRR@{kmax}={m[f'mrr_at_{kmax}']:.4f} hit@1={m['recall_at_1']:.4f} "
                     f"hit@{kmax}={m[f'recall_at_{kmax}']:.4f}"
                     if one_relevant and "recall_at_1" in m else "")
-            echo(f"  {result.label:<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}{hits}"
-                 f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
+            tie = m.get(f"m_mrr_at_{kmax}_tie_aware")
+            fair = (f" (tie-aware {tie:.4f}, coverage {m['coverage']:.0%})"
+                    if tie is not None and "coverage" in m else "")
+            echo(f"  {safe_label(result.label):<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}"
+                 f"{fair}{hits}  fit {result.fit_seconds:.1f}s  search "
+                 f"{result.search_seconds:.1f}s")
         tracking.log_child(result, ds)
 
     outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result, labels)
@@ -176,6 +192,61 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
                                    f"{experiment!r}, run {outcome.parent_run_id})"
                                    if outcome.parent_run_id else ""))
     return outcome
+
+
+def safe_label(text: str) -> str:
+    """A user-supplied name for the terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
+#: The ledger of evaluations per dataset fingerprint, in the output folder.
+LEDGER = "evaluations.json"
+
+
+def record_evaluation(root: Path, fingerprint: str, split: str) -> int:
+    """Count this evaluation in ``root/evaluations.json`` (per dataset fingerprint and split,
+    under a file lock); returns how many evaluations of ``split`` the fingerprint has had,
+    this one included."""
+    import json
+
+    from filelock import FileLock
+
+    from bench.data.format import write_json_atomic
+    path = root / LEDGER
+    with FileLock(str(path) + ".lock", timeout=60):
+        try:
+            ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except (OSError, ValueError):
+            ledger = {}
+        counts = ledger.setdefault(str(fingerprint), {})
+        counts[split] = int(counts.get(split, 0)) + 1
+        write_json_atomic(path, ledger)
+    return counts[split]
+
+
+def evaluations_of(root: Path, fingerprint: str) -> dict[str, int]:
+    """Evaluations per split recorded for a dataset fingerprint under ``root`` ({} if none)."""
+    import json
+    try:
+        return dict(json.loads((root / LEDGER).read_text(encoding="utf-8")).get(fingerprint, {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def split_warnings(ds, splits, cfg: ExperimentConfig) -> list[str]:
+    """On real logs (no simulator), a ``per_user`` split lets other users' later clicks into the
+    history: say how many evaluation requests see their own (query, sticker) pair only from
+    clicks made after the request."""
+    if ds.meta.get("simulator") or getattr(cfg.protocol, "name", "") != "simulated-users" \
+            or cfg.split.mode != "per_user":
+        return []
+    n = splits.future_pairs(cfg.eval_split)
+    if not n:
+        return []
+    return [f"split.mode per_user on real users: {n} {cfg.eval_split} requests find their "
+            "(query, sticker) pair in the history only in other users' LATER clicks; use "
+            "split.mode: global_time for a time-respecting evaluation"]
 
 
 def _output_error(exc: OSError, folder: Path):

@@ -110,14 +110,15 @@ class Run:
 
     def save_trec(self, path: str | Path, qids: dict[Request, str] | None = None,
                   tag: str | None = None) -> Path:
-        """Write TREC run format: ``qid Q0 docid rank score tag``."""
+        """Write TREC run format: ``qid Q0 docid rank score tag``; scores at full precision
+        (``repr``), so a tool that re-sorts by score sees no ties the run does not have."""
         path = Path(path)
         tag = (tag or self.name).replace(" ", "_")
         with open(path, "w", encoding="utf-8") as fh:
             for i, (req, ranked) in enumerate(self.results.items()):
                 qid = qids[req] if qids else f"q{i}"
                 for rank, (sid, score) in enumerate(ranked, start=1):
-                    fh.write(f"{qid} Q0 {sid} {rank} {float(score):.6f} {tag}\n")
+                    fh.write(f"{qid} Q0 {sid} {rank} {float(score)!r} {tag}\n")
         return path
 
     def save_parquet(self, path: str | Path, qids: dict[Request, str] | None = None) -> Path:

@@ -82,7 +82,8 @@ def test_punctuation_only_query_finds_its_sticker():
 def test_chinese_emoji_label_set_is_built_named_and_tokenised_as_chinese(emoji_folder, tmp_path):
     (tmp_path / "zh.csv").write_text(ZH_LABELS, encoding="utf-8")
     ds = build_dataset("emoji-styles", emoji_folder, tmp_path / "out",
-                       {"labels": str(tmp_path / "zh.csv"), **SMALL_SIM})
+                       {"labels": str(tmp_path / "zh.csv"), "content_overlap": "adversarial",
+                        **SMALL_SIM})
     assert ds.name == "emoji-styles-zh"
     assert ds.meta["languages"] == ["zh"] and ds.meta["language"] == "zh"
     st = ds.stickers.set_index("sticker_id")

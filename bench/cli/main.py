@@ -49,6 +49,7 @@ class LazyGroup(click.Group):
                  "sweep": "bench.cli.sweep_cmd:sweep",
                  "perf": "bench.cli.perf_cmd:perf",
                  "report": "bench.cli.report_cmd:report",
+                 "calibrate": "bench.cli.calibrate_cmd:calibrate",
              })
 @click.version_option(__version__, prog_name="persrv-bench")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")

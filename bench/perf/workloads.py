@@ -21,6 +21,8 @@ subprocess (``python -m bench.perf build``) so its time and memory stay out of t
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import hashlib
 import json
 import subprocess
@@ -51,6 +53,12 @@ class PerfData:
     view: Any          # TrainView for the test run (train + validation clicks)
     n_requests_all: int
     built_s: float | None
+
+    @cached_property
+    def fill_order(self):
+        """The fitting clicks' popularity order (:mod:`bench.listing`), computed once."""
+        from bench.listing import FillOrder
+        return FillOrder.from_view(self.view.stickers, self.view.clicks)
 
 
 # ------------------------------------------------------------------------------------ zipf

@@ -117,6 +117,8 @@ class BenchmarkLog:
             metrics = dict(result.macro)
             metrics.update({f"micro_{k}": v for k, v in result.micro.items()})
             metrics.update(result.segments or {})
+            metrics.update({f"diag_{k}": v for k, v in (getattr(result, "diagnostics", None)
+                                                         or {}).items()})
             metrics.update({"fit_seconds": result.fit_seconds,
                             "search_seconds": result.search_seconds})
             tracker.log_metrics(run_id, metrics)

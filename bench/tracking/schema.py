@@ -6,7 +6,8 @@ and ``persrv-bench report`` rely on are defined once. Metric names live in :mod:
 Kinds (tag ``persrv.kind``): ``benchmark`` (a ``run`` parent), ``retriever`` (its children),
 ``sweep`` (a study), ``trial`` and ``best-on-test`` (the study's children), ``perf``, ``vlm-train``,
 ``vlm-bench``, ``seed-group`` (``run --seeds``: the per-seed parents nest under it),
-``launcher`` (an ``mlflow run`` shell run pointing at the real parent).
+``launcher`` (an ``mlflow run`` shell run pointing at the real parent), ``calibration``
+(``persrv-bench calibrate``: the dose-response table of a bed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ KIND_VLM_TRAIN = "vlm-train"
 KIND_VLM_BENCH = "vlm-bench"
 KIND_SEED_GROUP = "seed-group"
 KIND_LAUNCHER = "launcher"
+KIND_CALIBRATION = "calibration"  #: ``persrv-bench calibrate``: one run per bed self-test
 
 GIT_COMMIT = "mlflow.source.git.commit"
 PARENT_RUN_ID = "mlflow.parentRunId"
@@ -46,6 +48,9 @@ TRIAL_NUMBER = "optuna.trial_number"
 TRIAL_STATE = "optuna.trial_state"
 BEST_TRIAL = "optuna.best_trial"
 EVAL_SPLIT = "eval_split"
+FILL = "evaluation.fill"
+#: How many evaluations of this split the dataset fingerprint has had (the run folder's ledger).
+TEST_EVALUATIONS = "dataset.test_evaluations"
 HOST = "persrv.host"
 PID = "persrv.pid"
 FOLDER = "persrv.folder"

@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from baselines.bm25 import field_texts, resolve_fields
+from pydantic import field_validator
+
+from baselines.bm25 import check_fields, field_texts, resolve_fields
 from bench.errors import ConfigError
+from bench.params import Configurable, RetrieverParams, param
 from bench.progress import encode_with_progress
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
@@ -40,8 +43,9 @@ FIELD_SEP = "; "
 #: Unknown-token share of the fitting queries above which fit warns (the model does not cover
 #: the queries' language or script).
 UNKNOWN_TOKEN_WARN = 0.2
-#: Loaded encoders by (path, device), shared by every retriever of this process.
-_LOADED_MODELS: dict[tuple[str, str | None], object] = {}
+#: The :class:`~bench.run_context.RunContext` cache kind of loaded encoders, by (path, device):
+#: the retrievers of one run (a sweep's trials) load a model once.
+ENCODERS_KIND = "text-encoders"
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -91,7 +95,7 @@ def top_k_dense(scores: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray
 
 
 @register("dense-text")
-class DenseTextRetriever:
+class DenseTextRetriever(Configurable):
     """Sentence-transformers embeddings of the sticker text fields, ranked by cosine similarity.
 
     ``fields``: as bm25 (``"all"``, names, ``"queries"``). ``model``: ``"default"`` (bundled
@@ -103,23 +107,32 @@ class DenseTextRetriever:
 
     name = "dense-text"
 
-    def __init__(self, fields: list[str] | str = "all", model: str = DEFAULT_MODEL,
-                 batch_size: int = 64, device: str | None = None, normalize: bool = True):
-        self.fields = fields
-        self.model = model
-        self.batch_size = batch_size
-        self.device = device
-        self.normalize = normalize
+    class Params(RetrieverParams):
+        fields: Union[list[str], str] = param("all", description="as bm25: all | names | a list")
+        model: str = param(DEFAULT_MODEL, min_length=1,
+                           description="default (bundled all-MiniLM-L6-v2) | hub name | path")
+        batch_size: int = param(64, ge=1, description="encoding batch")
+        device: Optional[str] = param(None, description="torch device (None: auto)")
+        normalize: bool = param(True, description="unit-length embeddings (cosine)")
+
+        @field_validator("fields")
+        @classmethod
+        def _fields(cls, value):
+            return check_fields(value)
 
     # ------------------------------------------------------------------------------ model
-    def _encoder(self):
+    def _encoder(self, context: Any = None):
+        """The sentence-transformers model, loaded once per run through ``context`` (the
+        train view's :class:`~bench.run_context.RunContext`; None: loaded for this retriever)."""
         if getattr(self, "_st_model", None) is None:
             path, _ = resolve_model(self.model)
-            key = (path, self.device)
-            if key not in _LOADED_MODELS:  # sweeps build many retrievers on one model
+
+            def load():
                 from sentence_transformers import SentenceTransformer
-                _LOADED_MODELS[key] = SentenceTransformer(path, device=self.device)
-            self._st_model = _LOADED_MODELS[key]
+                return SentenceTransformer(path, device=self.device)
+
+            self._st_model = load() if context is None else \
+                context.cached(ENCODERS_KIND, (path, self.device), load, size=2)
         return self._st_model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -130,9 +143,9 @@ class DenseTextRetriever:
 
     # -------------------------------------------------------------------------------- fit
     def fit(self, train: TrainView) -> "DenseTextRetriever":
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
         _, self.model_id_ = resolve_model(self.model)
+        self._st_model = None
+        self._encoder(train.context)
         self.unknown_token_share_ = self._unknown_token_share(train)
         names = resolve_fields(self.fields, train.stickers, self.name)
         texts = field_texts(train, names, sep=FIELD_SEP, retriever=self.name)

@@ -127,3 +127,12 @@ def describe_retriever(cls: type) -> str:
     """First line of the class docstring."""
     doc = inspect.getdoc(cls) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def supports_with_params(retriever: Any) -> bool:
+    """Whether a retriever (class or instance) declares its parameters and so ``with_params``
+    (:func:`bench.params.supports_with_params`): sweeps fit it once and derive each trial with
+    ``with_params``; other plugins are constructed and fitted per trial. Use this, never
+    ``hasattr(retriever, "with_params")``."""
+    from bench.params import supports_with_params as supports
+    return supports(retriever)

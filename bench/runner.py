@@ -86,13 +86,11 @@ def attach_configured_features(ds, features):
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Fail before any expensive work on what the config alone shows is wrong: an unknown
-    retriever or retriever parameter (construction is cheap, DESIGN §5), a bad features key."""
-    from bench.registry import make_retriever
-    for i, spec in enumerate(cfg.retrievers):
-        try:
-            make_retriever(spec.name, spec.params)
-        except BenchError as exc:
-            raise type(exc)(f"retrievers.{i} ({spec.display}): {exc}") from None
+    retriever, or a retriever parameter its declaration refuses (:func:`bench.config.
+    check_retrievers`, which :func:`bench.config.load_config` already ran for a config file;
+    this covers configs built in code)."""
+    from bench.config import check_retrievers
+    check_retrievers(cfg)
 
 
 #: Keys of the feature report logged with the parent run (what was missing, by reason).
@@ -250,7 +248,22 @@ def run_retrievers(cfg: ExperimentConfig, view, requests, folder: Path,
     """Every configured retriever in turn (outputs under ``folder/retrievers/<label>/``); one
     that fails is recorded with its error (``error.txt``) and the others still run.
     ``on_result(result)`` is called after each one (logging, printing); ``labels``: the
-    requests' segments (:func:`bench.segments.label_requests`, computed here when None)."""
+    requests' segments (:func:`bench.segments.label_requests`, computed here when None). The
+    view's run context (:class:`bench.run_context.RunContext`: work shared between retrievers)
+    is cleared when the last retriever is done; the time it spent is logged as its own stage."""
+    try:
+        return _run_each(cfg, view, requests, folder, on_result, labels)
+    finally:
+        context = getattr(view, "context", None)
+        if context is not None:
+            if context.seconds:
+                log.info("shared work (timed once, inside the first retriever that needed it): %s",
+                         context.stage_seconds())
+            context.clear()
+
+
+def _run_each(cfg: ExperimentConfig, view, requests, folder: Path, on_result,
+              labels) -> list[RetrieverResult]:
     if labels is None:
         from bench.segments import label_requests
         labels = label_requests(requests, view.clicks)

@@ -332,9 +332,8 @@ PERSRV_VARIANTS = [{"name": "persrv"}, {"name": "persrv-no-personalization"},
 
 def test_persrv_variants_same_seed_same_results_across_processes(tiny_dataset, tmp_path, capsys,
                                                                  isolated_cache):
-    """One run here, one in a fresh process with another hash seed: identical metrics and runs."""
-    import baselines.persrv as persrv_mod
-    persrv_mod._RECALL_CACHES.clear()  # nothing carried over from other tests
+    """One run here, one in a fresh process with another hash seed: identical metrics and runs
+    (no process-wide cache can carry anything over: caches belong to a run, issue 25)."""
     outs = {}
     for name in ("a", "b"):
         cfg = write_config(tmp_path / f"{name}.yaml", tiny_dataset, tmp_path / name, seed=11,

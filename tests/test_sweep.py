@@ -383,19 +383,30 @@ def test_grid_sampler_tries_each_point_once(tiny_dataset, tmp_path, isolated_cac
 
 def test_retriever_without_with_params_is_fitted_per_trial(tiny_dataset, tmp_path,
                                                            isolated_cache, monkeypatch):
+    """A plugin that declares its parameters only in its constructor (no bench.params
+    declaration, so no with_params) is constructed and fitted per trial."""
     from baselines.bm25 import BM25Retriever
+    from bench.registry import register
     fits = []
-    original = BM25Retriever.fit
 
-    def fit(self, train):
-        fits.append((self.k1, tuple(self.fields)))
-        return original(self, train)
-    monkeypatch.setattr(BM25Retriever, "fit", fit)
-    space = {"retriever": "bm25", "params": {
+    @register("test-legacy-bm25")
+    class LegacyBM25:
+        def __init__(self, k1: float = 1.2, b: float = 0.75, fields="all"):
+            self.k1, self.b, self.fields = k1, b, fields
+
+        def fit(self, train):
+            fits.append((self.k1, tuple(self.fields)))
+            self.inner = BM25Retriever(k1=self.k1, b=self.b, fields=self.fields).fit(train)
+            return self
+
+        def search(self, requests, k):
+            return self.inner.search(requests, k)
+
+    space = {"retriever": "test-legacy-bm25", "params": {
         "k1": {"float": [0.5, 2.0]},
         "fields": {"choices": [["text"], ["text", "queries"]]}}}
     cfg = _cfg(tiny_dataset, tmp_path, tracking={"enabled": False},
-               retrievers=[{"name": "bm25", "params": {"b": 0.5}}])
+               retrievers=[{"name": "test-legacy-bm25", "params": {"b": 0.5}}])
     result, _ = _sweep(cfg, tmp_path, space=space, n_trials=3)
     assert result.states == {"COMPLETE": 3}
     assert len(fits) == 4  # 3 trials + the best on test

@@ -191,7 +191,8 @@ def _as_searched(retriever, k: int):
     """The retriever whose recall/personalize ``search`` runs: with ``pool_per_k`` > 0
     (``persrv-reference``) the recall depth is ``pool_per_k x k``, as in ``PerSRV.search``."""
     per_k = int(getattr(retriever, "pool_per_k", 0) or 0)
-    if per_k > 0 and hasattr(retriever, "with_params"):
+    from bench.registry import supports_with_params
+    if per_k > 0 and supports_with_params(retriever):
         return retriever.with_params(pool=max(1, per_k * int(k)), pool_per_k=0)
     return retriever
 

@@ -117,7 +117,8 @@ class SweepSession:
     def retriever(self, rparams: dict[str, Any], features: dict[str, Any]):
         from bench.registry import make_retriever
         view = self.view_for(features)
-        if hasattr(self.cls, "with_params"):
+        from bench.registry import supports_with_params
+        if supports_with_params(self.cls):
             key = self._features_key(features)
             base = self._bases.get(key)
             if base is None:
@@ -125,11 +126,7 @@ class SweepSession:
                 base.fit(view)
                 self.base_fits += 1
                 self._bases[key] = base
-            trial = base.with_params(**rparams) if rparams else base
-            is_fitted = getattr(trial, "is_fitted", None)
-            if callable(is_fitted) and not is_fitted():  # a change that needs a new fit
-                trial.fit(view)
-            return trial
+            return base.with_params(**rparams) if rparams else base  # a fitted copy
         retriever = make_retriever(self.spec.name, {**self.spec.params, **rparams})
         retriever.fit(view)
         return retriever

@@ -94,10 +94,10 @@ def describe(board: Leaderboard, pretty_metric: str, n_requests: int | None = No
         if board.challenger is not None:
             ch = t.loc[board.challenger]
             d, lo, hi = ch["delta_vs_best_floor"], ch["delta_ci_low"], ch["delta_ci_high"]
-            verdict = "beats" if lo > 0 else "is below" if hi < 0 else "does not separate from"
-            lines.append(f"Margin: {board.challenger} (best non-floor retriever) {verdict} "
-                         f"{board.best_floor} by {d:+.4f} (paired 95% bootstrap CI over users "
-                         f"{lo:+.4f} to {hi:+.4f}).")
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "not separable"
+            lines.append(f"Margin of the best non-floor retriever, {board.challenger}, over "
+                         f"{board.best_floor}: {d:+.4f} (paired 95% bootstrap CI over users "
+                         f"{lo:+.4f} to {hi:+.4f}: {verdict}).")
         if board.winner == board.best_floor:
             lines.append(f"The winner is a floor baseline: no retriever beats {board.winner}.")
     lines.append(f"Headline metric: `{m}` (the leaderboard is the artifact leaderboard.json; "

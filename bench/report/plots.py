@@ -36,6 +36,8 @@ Style = tuple  # (colour, linestyle, marker)
 WINNER_COLOUR = "#d95f02"
 FLOOR_COLOUR = "#222222"
 OTHER_BAR = "#a6bddb"
+#: Colours of the other few lines a per-k plot shows by default (colour-blind safe, Dark2).
+KEY_COLOURS = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e")
 
 
 def _group(label: str) -> str:
@@ -110,13 +112,20 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def highlighted(styles: dict[str, Style], winner: str | None, best_floor: str | None
+def highlighted(styles: dict[str, Style], winner: str | None, best_floor: str | None,
+                shown: list[str] | None = None
                 ) -> tuple[dict[str, Style], dict[str, str], dict[str, float]]:
     """The run's styles with the winner drawn solid in the highlight colour and the best floor
-    baseline black and dashed; returns (styles, legend names with their role, line widths)."""
+    baseline black and dashed; when only the few ``shown`` labels are drawn, the others among
+    them (but ``persrv``) get distinct colours of their own. Returns (styles, legend names
+    with their role, line widths)."""
     styles = dict(styles)
     names: dict[str, str] = {}
     widths: dict[str, float] = {}
+    rest = [lb for lb in (shown or []) if lb not in (winner, best_floor, "persrv")]
+    for i, lb in enumerate(rest):
+        styles[lb] = (KEY_COLOURS[i % len(KEY_COLOURS)], "-.", styles.get(lb, (0, 0, "^"))[2])
+        widths[lb] = 1.8
     if best_floor:
         styles[best_floor] = (FLOOR_COLOUR, "--", styles.get(best_floor, (0, 0, "s"))[2])
         names[best_floor] = f"{best_floor} (best floor)"
@@ -142,7 +151,8 @@ def curves_figure(series: dict[str, tuple], ks: list[int], styles: dict[str, Sty
         colour, line, marker = styles.get(lb) or style_for([lb])[lb]
         ax.plot(ks, mean, color=colour, linestyle=line, marker=marker, markersize=5,
                 linewidth=widths.get(lb, linewidth_for(lb)), label=names.get(lb, lb),
-                zorder=3 if lb in widths or lb == "persrv" else 2)
+                zorder=4 if widths.get(lb, 0) >= 3 else 3 if lb in widths or lb == "persrv"
+                else 2)
         if low is not None and high is not None:
             ax.fill_between(ks, low, high, color=colour, alpha=0.12, linewidth=0)
     ax.set_xlabel("cutoff k (ranks)")
@@ -174,9 +184,9 @@ def _shown(labels: list[str], means: dict[str, float], names: dict[str, str] | N
     winner, floor = _winner_and_floor(means, names)
     if show == "all":
         return list(labels), winner, floor
-    if show == "key":
+    if show == "key":  # best first, so the legend reads in the order of the lines at the right
         key = key_labels(labels, winner, floor, baseline)
-        return [lb for lb in labels if lb in key], winner, floor
+        return sorted(key, key=lambda lb: (-means[lb], lb)), winner, floor
     missing = [lb for lb in show if lb not in labels]
     if missing:
         from bench.report.names import ReportError
@@ -203,7 +213,8 @@ def plot_curves(summary: pd.DataFrame, labels: list[str], ks: list[int], path: P
                           sub["ci_high"].to_numpy(float))
     means = {lb: float(v[0][-1]) for lb, v in series.items()}
     shown, winner, floor = _shown(list(series), means, names, baseline, show)
-    st, legend, widths = highlighted(styles or style_for(labels), winner, floor)
+    st, legend, widths = highlighted(styles or style_for(labels), winner, floor,
+                                     shown if show != "all" else None)
     hidden = len(series) - len(shown)
     title = "M-MRR@k (bands: 95% bootstrap CI over users)" + \
         (f"; {hidden} more retrievers in the leaderboard" if hidden else "")
@@ -222,7 +233,7 @@ def plot_m_mrr(table, ks: list[int], path: Path, styles: dict[str, Style] | None
               for _, row in ok.iterrows()}
     means = {lb: float(v[0][-1]) for lb, v in series.items()}
     shown, winner, floor = _shown(list(series), means, None, baseline, show)
-    st, legend, widths = highlighted(styles, winner, floor)
+    st, legend, widths = highlighted(styles, winner, floor, shown if show != "all" else None)
     hidden = len(series) - len(shown)
     title = "M-MRR@k per retriever" + (f" ({hidden} more in results.md)" if hidden else "")
     return save_figure(curves_figure({lb: series[lb] for lb in shown}, ks, st, title, legend,
@@ -252,9 +263,9 @@ def plot_leaderboard(board, path: Path, pretty_metric: str | None = None) -> Pat
                    linestyle="--", linewidth=1, zorder=0)
     top = float(np.nanmax(t["ci_high"])) if n else 1.0
     for yi, (lb, v, hi) in enumerate(zip(t["retriever"], mean, t["ci_high"].to_numpy(float))):
-        role = " winner" if lb == board.winner else ""
-        role += " best floor" if lb == board.best_floor else ""
-        ax.text(hi + top * 0.01, yi, f"{v:.3f}{'  ←' + role if role else ''}", va="center",
+        role = ", ".join(r for r, on in (("winner", lb == board.winner),
+                                         ("best floor", lb == board.best_floor)) if on)
+        ax.text(hi + top * 0.01, yi, f"{v:.3f}{'  ← ' + role if role else ''}", va="center",
                 fontsize=8, fontweight="bold" if role else "normal")
     ax.set_yticks(y)
     ax.set_yticklabels(t["retriever"], fontsize=9)

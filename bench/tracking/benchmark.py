@@ -178,7 +178,11 @@ class BenchmarkLog:
             return
         tracker = self.tracker
         shown = board.table.round(6)
-        tracker.client.log_table(self.parent, shown, schema.LEADERBOARD_FILE)
+        import warnings
+        with warnings.catch_warnings():  # MLflow's own select_dtypes call (pandas 3 notice)
+            warnings.filterwarnings("ignore", message=".*'str' dtypes are included by "
+                                    "select_dtypes")
+            tracker.client.log_table(self.parent, shown, schema.LEADERBOARD_FILE)
         tracker.set_tags(self.parent, {schema.NOTE: describe(board, pretty(metric))})
         for label, run_id in self.children.items():
             if label in set(board.table["retriever"]):

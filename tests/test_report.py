@@ -632,14 +632,19 @@ def test_report_html_is_self_contained(run_folder, tmp_path):
     written = report_folder(run_folder, out=tmp_path / "h", n_boot=100)
     page = written["report.html"].read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page
-    assert page.count('<img src="data:image/png;base64,') == 3  # curves, ablation, clusters
-    assert 'src="m_mrr_curves.png"' not in page
+    # leaderboard, curves, ablation, clusters
+    assert page.count('<img src="data:image/png;base64,') == 4
+    assert 'src="m_mrr_curves.png"' not in page and 'src="leaderboard.png"' not in page
     for label in RETRIEVERS:
         assert f"<td>{label}" in page
     import base64
-    start = page.index("base64,") + len("base64,")
-    png = base64.b64decode(page[start:page.index('"', start)])
-    assert png == written["m_mrr_curves.png"].read_bytes()
+    images = []
+    start = 0
+    while (start := page.find("base64,", start)) >= 0:
+        start += len("base64,")
+        images.append(base64.b64decode(page[start:page.index('"', start)]))
+    assert images[:2] == [written["leaderboard.png"].read_bytes(),
+                          written["m_mrr_curves.png"].read_bytes()]
     assert "### Segments (" not in written["report.md"].read_text()  # no segment columns
 
 

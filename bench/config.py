@@ -124,6 +124,8 @@ class ExperimentConfig(_Strict):
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    plugins: list[str] = Field(default_factory=list, description="folders of one-file retriever "
+                               "plugins (relative to this config), as $PERSRV_BENCH_PLUGINS")
     eval_split: Literal["test", "validation"] = "test"
     batch_size: int = Field(2048, ge=1)
     output_dir: str = "persrv-runs"
@@ -341,8 +343,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     parameters included) before any work."""
     p = Path(path)
     cfg = validate_config(read_yaml_config(p, overrides), source=str(p))
-    check_retrievers(cfg, source=str(p))
     cfg_dir = p.resolve().parent
+    if cfg.plugins:  # plugin folders (relative: to the config's folder) before names are checked
+        from bench.registry import load_plugins
+        cfg.plugins = [str((cfg_dir / d).resolve()) if not Path(d).is_absolute() else d
+                       for d in cfg.plugins]
+        load_plugins(cfg.plugins)
+    check_retrievers(cfg, source=str(p))
     ds = cfg.dataset
     for attr in ("path", "source"):
         value = getattr(ds, attr)

@@ -146,6 +146,11 @@ ALLOWED_MODULE_STATE = {
     ("bench.registry", "_REGISTRY"): "the retriever registry, filled by @register at import",
     ("bench.data.synthetic_render", "_warned"): "font paths already warned about (warn once "
                                                 "per process), no work is reused",
+    ("bench.registry", "_PLUGIN_DIRS_DONE"): "plugin folders already imported (their modules "
+                                             "are in sys.modules; importing twice re-registers)",
+    ("bench.secrets", "_secrets"): "the secrets seen this process, so every output path masks "
+                                   "them (process-wide by design: a log line can come from "
+                                   "anywhere)",
     ("bench.features.ocr_paddle", "_POOL"): "PaddleOCR engines per thread count (bench/features "
                                            "is another issue's; to move into the run context)",
 }

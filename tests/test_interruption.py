@@ -295,7 +295,7 @@ def test_tracking_server_going_away_keeps_local_results(after_children, tiny_dat
     cfg = write_config(tmp_path / "c.yaml", tiny_dataset, tmp_path, tracking=shared_mlflow)
     code, out, err = run_main(capsys, "run", str(cfg))
     assert code == 0, err  # every retriever succeeded
-    assert created[0] == "interrupt" and len(created) == 1 + after_children
+    assert created[0].startswith("interrupt · ") and len(created) == 1 + after_children
     folder = next((tmp_path / "out").glob("interrupt-*"))
     assert f"warning: MLflow logging failed (ConnectionError: tracking server went away); " \
            f"continuing with local results only in {folder}" in out

@@ -45,6 +45,19 @@ def emoji_folder(tmp_path):
 
 # ------------------------------------------------------------------------------ tokenisation
 
+def test_combining_marks_live_only_in_the_scanned_planes():
+    """The tokenizer scans only MARK_PLANES for combining marks; no other plane has one under
+    this Python's Unicode data (else Devanagari-like words would split)."""
+    import sys
+    import unicodedata
+
+    from bench.text import MARK_PLANES, Tokenizer
+    planes = {c >> 16 for c in range(sys.maxunicode + 1)
+              if unicodedata.category(chr(c))[0] == "M"}
+    assert planes <= set(MARK_PLANES)
+    assert Tokenizer()("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # virama/vowel signs stay inside
+
+
 def test_zwj_sequence_is_one_token_and_modifiers_drop():
     tok = Tokenizer()
     assert tok("👨‍💻") == ["👨\u200d💻"]

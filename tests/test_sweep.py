@@ -188,7 +188,8 @@ def test_sweep_logs_study_run_with_trial_children(tiny_dataset, tmp_path, isolat
     assert set(trials["tags.mlflow.parentRunId"]) == {study_id}
     assert best["tags.mlflow.parentRunId"].iloc[0] == study_id
     assert sorted(trials["tags.optuna.trial_number"].astype(int)) == list(range(6))
-    assert trials["metrics.m_mrr_at_20"].notna().all()
+    assert trials["metrics.val_m_mrr_at_20"].notna().all()  # the split is in the key
+    assert "metrics.m_mrr_at_20" not in trials or trials["metrics.m_mrr_at_20"].isna().all()
     assert trials["metrics.objective"].notna().all()
     assert trials["metrics.duration_seconds"].notna().all()
     assert set(trials["tags.optuna.trial_state"]) == {"COMPLETE"}
@@ -203,7 +204,13 @@ def test_sweep_logs_study_run_with_trial_children(tiny_dataset, tmp_path, isolat
     assert study["metrics.best_value"].iloc[0] == pytest.approx(result.best_value)
     assert study["status"].iloc[0] == "FINISHED"
     best_trial = trials[trials["tags.optuna.trial_number"] == str(result.best_trial)]
-    assert best_trial["metrics.m_mrr_at_20"].iloc[0] == pytest.approx(result.best_value)
+    assert best_trial["metrics.val_m_mrr_at_20"].iloc[0] == pytest.approx(result.best_value)
+    import optuna
+
+    from bench.sweep.storage import StorageHandle
+    loaded = optuna.load_study(study_name=result.study_name,
+                               storage=StorageHandle(str(tmp_path / "journal.log")).open())
+    assert loaded.metric_names == ["val_m_mrr_at_20"]  # what optuna-dashboard shows
     assert study["tags.best.cluster_algorithm"].iloc[0] == result.best_params["cluster_algorithm"]
     client = mlflow.MlflowClient(cfg.tracking.uri)
     plots = {a.path for a in client.list_artifacts(study_id, "plots")}

@@ -210,7 +210,9 @@ def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], see
 
 @cli.command("features")
 @click.argument("config", type=click.Path())
-@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. -o features.ocr=false or "
+                   "-o dataset.params.n_stickers=500 (repeatable).")
 def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
     """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
     from bench.config import load_config

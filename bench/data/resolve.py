@@ -20,11 +20,11 @@ def built_dataset_dir(spec: DatasetSpec) -> Path:
     :func:`_params_key`, which also covers the source's content (:func:`source_digest`)."""
     if spec.out:
         return Path(spec.out)
-    from bench.features.cache import default_cache_dir
+    from bench.features.cache import datasets_cache_dir
     blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params},
                       sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return default_cache_dir().parent / "datasets" / f"{spec.builder}-{digest}"
+    return datasets_cache_dir() / f"{spec.builder}-{digest}"
 
 
 def resolve_dataset(spec: DatasetSpec) -> Dataset:

@@ -186,8 +186,8 @@ def _zipf_key(size: int, seed: int) -> str:
 
 
 def zipf_dir(size: int, seed: int) -> Path:
-    from bench.features.cache import default_cache_dir
-    return default_cache_dir().parent / "datasets" / f"perf-zipf-{_zipf_key(size, seed)[:12]}"
+    from bench.features.cache import datasets_cache_dir
+    return datasets_cache_dir() / f"perf-zipf-{_zipf_key(size, seed)[:12]}"
 
 
 def _check(workload: str) -> None:

@@ -54,12 +54,15 @@ def _write_tables(rf: RunFolder, stats: Stats, seg: pd.DataFrame, out: Path) -> 
 
 def _write_plots(rf: RunFolder, stats: Stats, curve_stats: Stats, out: Path,
                  seed: int) -> dict[str, Path]:
-    """m_mrr_curves.png, ablation.png (with persrv* ablations), user_clusters.png (with a history
-    sample); one style per retriever, shared with the runner's plots/ (same label set)."""
+    """leaderboard.png, m_mrr_curves.png (the few retrievers that matter), ablation.png (with
+    persrv* ablations), user_clusters.png (with a history sample); one style per retriever, shared with the runner's plots/ (same label set)."""
+    from bench.report.leaderboard import leaderboard
     styles = plots.style_for([*rf.labels, *rf.failed])
     main = metric_name("m_mrr", max(rf.ks))
-    paths = (plots.plot_curves(curve_stats.summary, rf.labels, rf.ks, out / "m_mrr_curves.png",
-                               styles),
+    board = leaderboard(rf, main, stats.n_boot, seed)
+    paths = (plots.plot_leaderboard(board, out / "leaderboard.png"),
+             plots.plot_curves(curve_stats.summary, rf.labels, rf.ks, out / "m_mrr_curves.png",
+                               styles, baseline=stats.baseline, names=rf.names),
              plots.plot_ablation(curve_stats.summary, stats.significance, *ablation_group(rf),
                                  main, out / "ablation.png", styles),
              plots.plot_user_clusters(rf.history, out / "user_clusters.png", seed=seed))
@@ -172,8 +175,8 @@ def report_folder(folder: str | Path, baseline: str | None = None, out: str | Pa
 
     Files (keys of the returned dict): report.md, report.html (the same, self-contained: images
     inlined), summary.md (the main table + legend), summary.csv, significance.csv, segments.csv,
-    summary.tex, and the PNGs m_mrr_curves.png, ablation.png (when there are ``persrv*``
-    ablations), user_clusters.png (with a history sample).
+    summary.tex, and the PNGs leaderboard.png, m_mrr_curves.png, ablation.png (when there are
+    ``persrv*`` ablations), user_clusters.png (with a history sample).
     """
     rf = load_folder(folder)
     cols = resolve_metrics(rf, metrics)
@@ -197,6 +200,7 @@ def report_folder(folder: str | Path, baseline: str | None = None, out: str | Pa
     md += [f"{n_users} users, {n_requests} requests; baseline `{base}`."
            + (f" No results (failed): {', '.join(rf.failed)}." if rf.failed else ""), "",
            "## Summary", "", written["summary.md"].read_text(encoding="utf-8"),
+           "![leaderboard with 95% CI](leaderboard.png)", "",
            "![M-MRR@k with 95% CI](m_mrr_curves.png)", ""]
     md += _differences_section(rf, stats)
     md += _floor_section(rf, main)

@@ -289,10 +289,17 @@ class Tracker:
         summary of it (the schema is what MLflow shows), ``digest`` its fingerprint."""
         if not self.enabled or not run_id:
             return
+        import warnings
+
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
-        dataset = mlflow.data.from_pandas(frame, source=mask_credentials(source), name=name,
-                                          digest=digest[:36])
+        with warnings.catch_warnings():
+            # MLflow registers its local-path source class twice and warns on every dataset
+            # that the path "can be interpreted in multiple ways" (both are the same class)
+            warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in "
+                                    "multiple ways", category=UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=mask_credentials(source), name=name,
+                                              digest=digest[:36])
         self._client.log_inputs(run_id, datasets=[DatasetInput(
             dataset=dataset._to_mlflow_entity(),
             tags=[InputTag(key="mlflow.data.context", value=context)])])

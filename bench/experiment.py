@@ -218,6 +218,9 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
         tracking.log_child(result, ds)
 
     outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result, labels)
+    context = getattr(view, "context", None)
+    if context is not None:  # shared work, timed once: its own stage, not one retriever's
+        tracking.log_parent_metrics(context.stage_seconds())
     outcome.parent_run_id = tracking.parent  # None once tracking was lost
     md = write_tables(cfg, folder, outcome, ds)
     if cfg.report:

@@ -133,6 +133,13 @@ class BenchmarkLog:
                             end_time=result.ended_at)
         self._guard(log_it)
 
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        """Run-level figures on the parent (e.g. ``shared_<kind>_seconds``: work the run context
+        did once for several retrievers, reported as its own stage)."""
+        if metrics:
+            self._guard(lambda: self.tracker.log_metrics(self.parent, metrics)
+                        if self.parent else None)
+
     def abort(self, status: str) -> None:
         """End the parent as KILLED or FAILED after an interruption or an unexpected error."""
         self._guard(lambda: self.tracker.end_run(self.parent, status) if self.parent else None)

@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +33,12 @@ def default_cache_dir() -> Path:
         return Path(env)
     from platformdirs import user_cache_dir
     return Path(user_cache_dir("persrv-bench")) / "features"
+
+
+def _writer_tag() -> str:
+    """Host name and process id (part file names: readable, and unique with a random suffix)."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum())[:24] or "host"
+    return f"{host}{os.getpid()}"
 
 
 def _stable_json(obj: Any) -> str:
@@ -108,7 +116,8 @@ class FeatureCache:
         os.close(fd)
         try:
             rows.to_parquet(tmp, index=False)
-            target = d / f"part-{n:06d}-{os.getpid()}.parquet"
+            # unique across processes and machines sharing the folder (shards): never replaced
+            target = d / f"part-{n:06d}-{_writer_tag()}-{uuid.uuid4().hex[:8]}.parquet"
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -24,7 +24,7 @@ class OcrConfig(BaseModel):
     #: size, the short side at least ``det_min_side``
     det_side: int | None = Field(256, ge=32, le=2048)
     det_min_side: int = Field(192, ge=32, le=2048)
-    rec_min_width: int = Field(160, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
+    rec_min_width: int = Field(224, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
     rec_batch: int = Field(1, ge=1, le=256)  #: paddle: text crops of equal width per model call
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"

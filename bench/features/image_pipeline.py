@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import resource
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,7 @@ from bench.features.config import OcrConfig
 from bench.features.embed import embed_cache_key, embed_rows
 from bench.features.images import flatten, load_rgba_checked
 from bench.features.ocr import image_paths, make_engine, ocr_cache_key, ocr_rows, ocr_stickers
+from bench.features.ocr_engine import add_stage_time
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +57,26 @@ def process_images(paths: Sequence[str | None], ocr: OcrConfig | None, encoder: 
     ``vectors`` (float32, ``raw_dim`` columns for encoders with ``raw_features``, else ``dim``;
     zero rows for unreadable images) with ``reasons``, and ``timings`` (seconds per stage).
     """
-    timings = dict.fromkeys(STAGES, 0.0)
-    t0 = time.perf_counter()
+    timings = dict.fromkeys(STAGES + tuple(f"{s}_cpu" for s in STAGES), 0.0)
+    clock = time.perf_counter(), time.thread_time()
     frames = ocr.frames if ocr is not None else 1
     decoded = [load_rgba_checked(p, frames=frames) for p in paths]
-    timings["decode"] += time.perf_counter() - t0
+    add_stage_time(timings, "decode", *clock)
     readings = None
     if ocr is not None:
         readings = _ocr_decoded(decoded, ocr, timings, paths)
     vectors, reasons = None, None
     if encoder is not None:
         if frames != 1:  # OCR read several frames stacked; the encoder sees the first
-            t0 = time.perf_counter()
+            clock = time.perf_counter(), time.thread_time()
             decoded = [load_rgba_checked(p) for p in paths]
-            timings["decode"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+            add_stage_time(timings, "decode", *clock)
+        clock = time.perf_counter(), time.thread_time()
         vectors, reasons = _embed_decoded(decoded, encoder)
-        timings["embed"] += time.perf_counter() - t0
-    return {"readings": readings, "vectors": vectors, "reasons": reasons, "timings": timings}
+        add_stage_time(timings, "embed", *clock)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {"readings": readings, "vectors": vectors, "reasons": reasons, "timings": timings,
+            "pid": os.getpid(), "peak_rss": int(peak)}
 
 
 def _ocr_decoded(decoded, ocr: OcrConfig, timings: dict[str, float], paths
@@ -156,7 +160,9 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
                         ) -> dict[str, Any]:
     """Compute the OCR and/or embeddings the cache lacks for ``ids`` (default: every sticker),
     decoding each image once. Returns ``{parallel, workers, ocr_computed, embed_computed,
-    image_stages (seconds per stage, summed over workers), seconds}``.
+    image_stages (wall seconds per stage, summed over workers), image_stages_cpu (CPU seconds
+    of the threads that ran each stage), worker_peak_rss (bytes, the largest worker process;
+    this process in threads mode), seconds}``.
 
     ``ocr``: OCR settings or None; an engine that reads files only (tesseract) is run through
     :func:`ocr_stickers` on the stickers in question. ``encoder``: an image encoder or None
@@ -196,7 +202,8 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
     n_todo = sum(len(g[0]) for g in groups)
     mode = parallel_mode(parallel, workers, n_todo, encoder)
     report["parallel"] = mode
-    stages = dict.fromkeys(STAGES, 0.0)
+    stages = dict.fromkeys(STAGES + tuple(f"{s}_cpu" for s in STAGES), 0.0)
+    peaks: dict[int, int] = {}
     buffers: dict[str, list[pd.DataFrame]] = {"ocr": [], "embed": []}
 
     def flush(what: str) -> None:
@@ -219,8 +226,9 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
                 pending = 0
                 for (chunk, _), res in zip(tasks, results):
                     t = res["timings"]
-                    for k in STAGES:
-                        stages[k] += t[k]
+                    for k in stages:
+                        stages[k] += t.get(k, 0.0)
+                    peaks[res["pid"]] = max(peaks.get(res["pid"], 0), res["peak_rss"])
                     if res["readings"] is not None:
                         per = (t["decode"] + t["detect"] + t["recognise"]) / max(1, len(chunk))
                         buffers["ocr"].append(ocr_rows(chunk, res["readings"], per))
@@ -238,8 +246,10 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    report["image_stages"] = {k: round(v, 3) for k, v in stages.items()
-                              if v > 0 or (k == "embed" and encoder is not None)}
+    shown = [k for k in STAGES if stages[k] > 0 or (k == "embed" and encoder is not None)]
+    report["image_stages"] = {k: round(stages[k], 3) for k in shown}
+    report["image_stages_cpu"] = {k: round(stages[f"{k}_cpu"], 3) for k in shown}
+    report["worker_peak_rss"] = max(peaks.values()) if peaks else 0
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     return report
 

@@ -9,6 +9,7 @@ OCR and the image encoder (:mod:`bench.features.image_pipeline`).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Sequence
 
 #: One reading: (text, mean confidence 0-100, missing reason or "").
@@ -34,6 +35,18 @@ class OcrEngine:
 
     def read_decoded(self, images: Sequence[Any], config: Any,
                      timings: dict[str, float] | None = None) -> list[tuple[str, float]]:
-        """OCR decoded RGBA images (PIL), ``(text, confidence)`` each; adds seconds spent to
-        ``timings["detect"]`` and ``timings["recognise"]``."""
+        """OCR decoded RGBA images (PIL), ``(text, confidence)`` each; adds wall seconds spent to
+        ``timings["detect"]`` and ``timings["recognise"]`` (CPU seconds of the calling thread to
+        ``detect_cpu`` and ``recognise_cpu``)."""
         raise NotImplementedError(f"OCR engine {self.name!r} reads files only")
+
+
+def add_stage_time(timings: dict[str, float], stage: str, wall0: float, cpu0: float
+                   ) -> tuple[float, float]:
+    """Add the wall seconds and this thread's CPU seconds since ``(wall0, cpu0)`` (from
+    ``time.perf_counter()``, ``time.thread_time()``) to ``timings[stage]`` and
+    ``timings[stage + "_cpu"]``; returns the new ``(wall, cpu)`` start."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    timings[stage] = timings.get(stage, 0.0) + wall - wall0
+    timings[stage + "_cpu"] = timings.get(stage + "_cpu", 0.0) + cpu - cpu0
+    return wall, cpu

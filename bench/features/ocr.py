@@ -29,8 +29,8 @@ from bench.features.images import count_reasons
 from bench.features.ocr_engine import OcrEngine
 from bench.features.ocr_paddle import PaddleEngine
 from bench.features.ocr_tesseract import (INSTALL_HINT, OcrUnavailable, TesseractEngine,
-                                          ocr_images, parse_tsv, preprocess, tesseract_available,
-                                          tesseract_cmd, tesseract_version)
+                                          ensure_tesseract, ocr_images, parse_tsv, preprocess,
+                                          tesseract_available, tesseract_cmd, tesseract_version)
 from bench.features.ocr_text import character_error_rate, is_cjk, levenshtein, normalise_text
 from bench.progress import Progress
 
@@ -45,7 +45,8 @@ OCR_VERSION = 2
 OCR_ENGINES: dict[str, type[OcrEngine]] = {"paddle": PaddleEngine, "tesseract": TesseractEngine}
 
 __all__ = ["INSTALL_HINT", "OcrConfig", "OcrUnavailable", "ocr_images", "ocr_stickers",
-           "parse_tsv", "preprocess", "tesseract_available", "tesseract_cmd", "tesseract_version",
+           "parse_tsv", "preprocess", "tesseract_available", "ensure_tesseract", "tesseract_cmd",
+           "tesseract_version", "OCR_ENGINES", "make_engine", "ocr_cache_key", "ocr_rows",
            "engine_images", "ocr_accuracy", "ocr_report_lines", "caption_language",
            "character_error_rate", "levenshtein", "normalise_text", "is_cjk"]
 

@@ -14,9 +14,11 @@ the parallel mode, the task size or the sharding.
 
 Workers: ``processes`` (a ``forkserver`` pool — each worker loads its own OCR engine, nothing
 of the parent's memory is copied) or ``threads`` (onnxruntime runs without the GIL, but text
-assembly, box post-processing and PIL work hold it). On 2 cores, processes were faster (the
-features benchmark prints both; README). Model encoders (open-clip, chinese-clip) embed in the
-parent process, as :func:`embed_stickers` does.
+assembly, box post-processing and PIL work hold it). Measured with ``persrv-bench perf --stage
+features --images 400 --parallel processes|threads`` on 2 cores shared with other work (load
+14-20): 47.7-51.9 ms of CPU per image with processes, 54.6 with threads; wall times were within
+the noise of that load. ``auto`` picks processes. Model encoders (open-clip, chinese-clip) are
+not shipped to processes: with one, the pipeline runs in threads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""OCR of sticker captions, cached and parallel (DESIGN §9): one interface, two engines.
+"""OCR of sticker captions, cached and parallel (DESIGN §9): one interface
+(:class:`bench.features.ocr_engine.OcrEngine`), engines registered by class in
+:data:`OCR_ENGINES`.
 
 ``engine: paddle`` (the default) is PaddleOCR's PP-OCRv4 detection + recognition, Chinese and
 English in one model, run offline on onnxruntime from the ``rapidocr-onnxruntime`` wheel

@@ -125,7 +125,7 @@ def test_engine_and_detection_settings_are_in_the_cache_key(tmp_path):
     # det_side and rec_min_width do
     assert ocr_stickers(ds, cfg.model_copy(update={"det_side": 320}), cache,
                         progress=False).attrs["computed"] == 3
-    assert ocr_stickers(ds, cfg.model_copy(update={"rec_min_width": 320}), cache,
+    assert ocr_stickers(ds, cfg.model_copy(update={"rec_min_width": 224}), cache,
                         progress=False).attrs["computed"] == 3
     assert OcrConfig(engine="tesseract").cache_params()["engine"] == "tesseract"
     assert "det_side" in cfg.cache_params() and "psm" not in cfg.cache_params()
@@ -194,8 +194,10 @@ def test_a_crop_reads_the_same_alone_or_batched_and_sizes_change_detection(tmp_p
     assert together == alone
     assert timings["detect"] > 0 and timings["recognise"] > 0 and timings["detect_cpu"] > 0
     assert np.mean([character_error_rate(t, c) for (t, _), c in zip(alone, EN_CAPTIONS)]) < 0.1
-    assert _det_scale(480, 960, OcrConfig()) == 256 / 960
-    assert _det_scale(100, 150, OcrConfig(det_side=None)) == 192 / 100  # the older rule
+    assert _det_scale(480, 960, OcrConfig()) == 256 / 960  # shrunk to det_side
+    assert _det_scale(192, 192, OcrConfig()) == 1.0  # never enlarged past its own size...
+    assert _det_scale(100, 150, OcrConfig()) == 192 / 100  # ...unless under det_min_side
+    assert _det_scale(600, 600, OcrConfig(det_side=None)) == 1.0  # the older rule
     big = images[0].resize((images[0].width * 3, images[0].height * 3))
     assert character_error_rate(engine.read_decoded([big], OcrConfig())[0][0],
                                 EN_CAPTIONS[0]) < 0.1
@@ -223,3 +225,21 @@ def test_report_lines_split_english_and_chinese(tmp_path):
     assert lines[1].startswith("OCR (paddle), Chinese: CER 0.000, 100% exact"), lines
     en_only = ocr_report_lines(dataclasses.replace(ds, stickers=ds.stickers.iloc[:2]), cfg, ocr)
     assert len(en_only) == 1 and en_only[0].startswith("OCR (paddle): CER "), en_only
+
+
+def test_boxes_on_one_line_read_left_to_right_even_when_one_sits_higher():
+    from bench.features.ocr_paddle import _assemble
+
+    def box(x0, y0, x1, y1):
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+    # "HOLD" starts 9 px lower than "ON" but on the same line; a second line below
+    boxes = [box(120, 100, 180, 140), box(10, 109, 100, 150), box(20, 200, 90, 240)]
+    texts = [("ON", 0.9), ("HOLD", 0.8), ("TIGHT", 0.7)]
+    text, conf = _assemble(boxes, texts)
+    assert text == "HOLD ON TIGHT" and conf == pytest.approx(80.0)
+    assert _assemble(boxes, [("ON", 0.9), ("HOLD", 0.3), ("TIGHT", 0.7)])[0] == "ON TIGHT"
+    assert _assemble([], []) == ("", 0.0)
+    star = [("★", 0.9), ("HOLD", 0.8), ("TIGHT", 0.7)]
+    assert _assemble(boxes, star)[0] == "HOLD TIGHT"  # a drawn shape is not a word
+    assert _assemble(boxes, star, symbols=True)[0] == "HOLD ★ TIGHT"

@@ -14,17 +14,18 @@ ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed")
 class OcrConfig(BaseModel):
     """How stickers are OCR'd. ``engine``: ``paddle`` (PP-OCRv4 from the rapidocr-onnxruntime
     wheel, Chinese + English, no apt step) or ``tesseract``; the fields from ``lang`` to
-    ``dictionary`` are tesseract's, ``det_side`` to ``rec_batch`` paddle's. Every field of the
-    engine in use but ``workers``, ``batch`` and ``rec_batch`` is part of the cache key."""
+    ``dictionary`` are tesseract's (``symbols`` both engines'), ``det_side`` to ``rec_batch``
+    paddle's. Every field of the engine in use but ``workers``, ``batch`` and ``rec_batch`` is
+    part of the cache key."""
 
     model_config = ConfigDict(extra="forbid")
 
     engine: Literal["paddle", "tesseract"] = "paddle"
-    #: paddle: detect with the image's long side scaled to this (px); None: at the image's own
-    #: size, the short side at least ``det_min_side``
+    #: paddle: detect an image whose long side is over this (px) shrunk to it; smaller ones (and
+    #: all, with None) at their own size, the short side at least ``det_min_side``
     det_side: int | None = Field(256, ge=32, le=2048)
     det_min_side: int = Field(192, ge=32, le=2048)
-    rec_min_width: int = Field(224, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
+    rec_min_width: int = Field(320, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
     rec_batch: int = Field(1, ge=1, le=256)  #: paddle: text crops of equal width per model call
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
@@ -36,7 +37,7 @@ class OcrConfig(BaseModel):
     border: int = Field(16, ge=0)      #: white border added around the image (px)
     flatten: Literal["white", "black", "both"] = "both"
     min_conf: float = Field(50.0, ge=0, le=100)  #: words below this confidence are dropped
-    symbols: bool = False              #: keep "words" without any letter or digit ("©", "@®")
+    symbols: bool = False  #: keep "words" without any letter or digit ("©", "★"; both engines)
     dictionary: bool = True            #: tesseract's word lists (False: load_*_dawg=0)
     workers: int = Field(2, ge=1)      #: parallel tesseract processes (not in the cache key)
     batch: int = Field(64, ge=1)       #: images per tesseract process (one model load each);
@@ -52,7 +53,7 @@ class OcrConfig(BaseModel):
 
     def cache_params(self) -> dict[str, Any]:
         if self.engine == "paddle":
-            keep = {"engine", "det_side", "rec_min_width", "frames"}
+            keep = {"engine", "det_side", "rec_min_width", "frames", "symbols"}
             if self.det_side is None:
                 keep.add("det_min_side")
             return self.model_dump(include=keep)

@@ -232,7 +232,9 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
                         stages[k] += t.get(k, 0.0)
                     peaks[res["pid"]] = max(peaks.get(res["pid"], 0), res["peak_rss"])
                     if res["readings"] is not None:
-                        per = (t["decode"] + t["detect"] + t["recognise"]) / max(1, len(chunk))
+                        # wall seconds per image, with ``workers`` tasks running at once
+                        per = (t["decode"] + t["detect"] + t["recognise"]) / max(1, len(chunk)) \
+                            / (workers if mode != "inline" else 1)
                         buffers["ocr"].append(ocr_rows(chunk, res["readings"], per))
                         report["ocr_computed"] += len(chunk)
                     if res["vectors"] is not None:

@@ -16,8 +16,8 @@ Workers: ``processes`` (a ``forkserver`` pool — each worker loads its own OCR 
 of the parent's memory is copied) or ``threads`` (onnxruntime runs without the GIL, but text
 assembly, box post-processing and PIL work hold it). Measured with ``persrv-bench perf --stage
 features --images 400 --parallel processes|threads`` on 2 cores shared with other work (load
-14-20): 47.7-51.9 ms of CPU per image with processes, 54.6 with threads; wall times were within
-the noise of that load. ``auto`` picks processes. Model encoders (open-clip, chinese-clip) are
+14-20, recognition at 224 px then): 47.7-51.9 ms of CPU per image with processes, 54.6 with
+threads; wall times were within the noise of that load. ``auto`` picks processes. Model encoders (open-clip, chinese-clip) are
 not shipped to processes: with one, the pipeline runs in threads.
 """
 

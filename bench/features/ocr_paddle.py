@@ -9,15 +9,16 @@ steps so that each can be sized for stickers:
   ``det_min_side`` (192; the older rule for every size, ``det_side: null``). Detection cost
   grows with the pixel count: 50 -> 25 ms per mixed-size (120-512 px) sticker on one core
   (shrinking to 224 px missed 5 of 159 one-character Chinese captions: CER 0.031 vs 0.009).
-- **recognition at the crop's own width**: each text crop is recognised at height 48 and its own
-  width, at least ``rec_min_width`` (default 320, as rapidocr and PaddleOCR
-  pad every crop; 224 saves ~20% of recognition but read "xoxo" as "X0X0" more often: English
-  CER 0.0072 vs 0.0039 on 200 rendered 192 px captions; at 160 one-character Chinese captions
-  were missed). Crops of the same width from any
-  images are batched (``rec_batch``); a crop's result depends on nothing but the crop (checked
-  bit for bit: batch of 1 or 16, the same scores), so results do not depend on how images are
-  grouped into chunks, workers or shards. Batching gave no speed on CPU (measured: 2.9 s for 147
-  crops one at a time, 3.2-3.6 s in batches of 4-16), hence ``rec_batch: 1``.
+- **recognition at the crop's own width**: each text crop is recognised alone at height 48 and
+  its own width, at least ``rec_min_width`` (default 320, as rapidocr and PaddleOCR pad; 224
+  saves ~20% of recognition but read "xoxo" as "X0X0" more often: English CER 0.0072 vs 0.0039
+  on 200 rendered 192 px captions; 160 missed one-character Chinese captions). Crops of the
+  same width from any images can be batched (``rec_batch``); a crop's result depends on nothing
+  but the crop (checked bit for bit: batch of 1 or 16, the same scores), so results do not
+  depend on how images are grouped into tasks, workers or shards. Batching gave no speed on CPU
+  (2.9 s for 147 crops one at a time, 3.2-3.6 s in batches of 4-16), hence ``rec_batch: 1``.
+- **symbol-only boxes dropped** (``symbols: false``, as for tesseract): a drawn star read as
+  "★" is not a caption.
 - **no recognition where detection finds no text**.
 
 The direction classifier is off (stickers are upright). Very thin images are padded to

@@ -105,7 +105,7 @@ def _dataset(root: Path, n: int = 3):
     return write_dataset(root, pd.DataFrame(rows), inter, {"name": "paddle-test"})
 
 
-def test_engine_and_det_min_side_are_in_the_cache_key(tmp_path):
+def test_engine_and_detection_settings_are_in_the_cache_key(tmp_path):
     ds = _dataset(tmp_path / "ds")
     cache = FeatureCache(tmp_path / "cache")
     cfg = OcrConfig(workers=1)
@@ -117,17 +117,26 @@ def test_engine_and_det_min_side_are_in_the_cache_key(tmp_path):
         again = ocr_stickers(ds, cfg.model_copy(update=update), cache, progress=False)
         assert again.attrs["computed"] == 0, update
         pd.testing.assert_frame_equal(again, first)
-    # det_min_side does
-    assert ocr_stickers(ds, cfg.model_copy(update={"det_min_side": 256}), cache,
+    # nor does rec_batch (a crop's result does not depend on its batch), nor det_min_side
+    # while det_side is set
+    for update in ({"rec_batch": 8}, {"det_min_side": 256}):
+        assert ocr_stickers(ds, cfg.model_copy(update=update), cache,
+                            progress=False).attrs["computed"] == 0, update
+    # det_side and rec_min_width do
+    assert ocr_stickers(ds, cfg.model_copy(update={"det_side": 320}), cache,
+                        progress=False).attrs["computed"] == 3
+    assert ocr_stickers(ds, cfg.model_copy(update={"rec_min_width": 224}), cache,
                         progress=False).attrs["computed"] == 3
     assert OcrConfig(engine="tesseract").cache_params()["engine"] == "tesseract"
-    assert "det_min_side" in cfg.cache_params() and "psm" not in cfg.cache_params()
+    assert "det_side" in cfg.cache_params() and "psm" not in cfg.cache_params()
+    assert "det_min_side" in OcrConfig(det_side=None).cache_params()
+    assert "det_min_side" not in cfg.cache_params()
     if tesseract_available():  # and so does the engine
         tess = ocr_stickers(ds, cfg.model_copy(update={"engine": "tesseract"}), cache,
                             progress=False)
         assert tess.attrs["computed"] == 3
     entries = sorted(d.name for d in cache.root.iterdir() if d.is_dir())
-    assert len(entries) == (3 if tesseract_available() else 2)
+    assert len(entries) == (4 if tesseract_available() else 3)
 
 
 def test_missing_tesseract_is_a_one_line_error_naming_the_package(tmp_path, monkeypatch):
@@ -144,16 +153,54 @@ def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
     made = []
     real = ocr_paddle._new_engine
 
-    def counting(side):
-        made.append(side)
-        return real(side)
+    def counting():
+        made.append(1)
+        return real()
 
+    import queue
     monkeypatch.setattr(ocr_paddle, "_new_engine", counting)
-    monkeypatch.setattr(ocr_paddle, "_POOL", {})
+    monkeypatch.setattr(ocr_paddle, "_POOL", queue.SimpleQueue())
     path = render(tmp_path / "a.png", "hello", DEJAVU)
     for _ in range(3):
-        paddle_images([path, path], OcrConfig(workers=2, det_min_side=160))
-    assert 1 <= len(made) <= 2 and set(made) == {160}  # at most one per concurrent thread
+        paddle_images([path, path], OcrConfig(workers=2, det_side=160))
+    assert 1 <= len(made) <= 2  # at most one per concurrent thread
+
+
+def test_engines_are_classes_in_a_registry_named_by_the_config():
+    import typing
+
+    from bench.features.ocr import OCR_ENGINES, make_engine
+    from bench.features.ocr_engine import OcrEngine
+    names = typing.get_args(OcrConfig.model_fields["engine"].annotation)
+    assert set(OCR_ENGINES) == set(names)
+    for name, cls in OCR_ENGINES.items():
+        assert issubclass(cls, OcrEngine) and cls.name == name
+        assert isinstance(make_engine(OcrConfig(engine=name)), cls)
+    assert OCR_ENGINES["paddle"].reads_decoded and not OCR_ENGINES["tesseract"].reads_decoded
+
+
+def test_a_crop_reads_the_same_alone_or_batched_and_sizes_change_detection(tmp_path):
+    """Recognition batches crops of equal width from any images: each image's reading (text
+    and confidence, bit for bit) is the same alone, in a group, or batched; detection runs at
+    det_side whatever the image's size, so a large and a small copy both read right."""
+    from bench.features.images import load_rgba
+    from bench.features.ocr_paddle import PaddleEngine, _det_scale
+    paths = [render(tmp_path / f"b{i}.png", c, DEJAVU) for i, c in enumerate(EN_CAPTIONS)]
+    images = [load_rgba(p) for p in paths]
+    engine = PaddleEngine()
+    alone = [engine.read_decoded([im], OcrConfig())[0] for im in images]
+    timings: dict = {}
+    together = engine.read_decoded(images, OcrConfig(rec_batch=8), timings)
+    assert together == alone
+    assert timings["detect"] > 0 and timings["recognise"] > 0 and timings["detect_cpu"] > 0
+    assert np.mean([character_error_rate(t, c) for (t, _), c in zip(alone, EN_CAPTIONS)]) < 0.1
+    assert _det_scale(480, 960, OcrConfig()) == 256 / 960  # shrunk to det_side
+    assert _det_scale(192, 192, OcrConfig()) == 1.0  # never enlarged past its own size...
+    assert _det_scale(100, 150, OcrConfig()) == 192 / 100  # ...unless under det_min_side
+    assert _det_scale(600, 600, OcrConfig(det_side=None)) == 1.0  # the older rule
+    big = images[0].resize((images[0].width * 3, images[0].height * 3))
+    assert character_error_rate(engine.read_decoded([big], OcrConfig())[0][0],
+                                EN_CAPTIONS[0]) < 0.1
 
 
 @pytest.mark.skipif(CJK_FONT is None, reason="no Chinese font (fc-list :lang=zh is empty)")
@@ -178,3 +225,21 @@ def test_report_lines_split_english_and_chinese(tmp_path):
     assert lines[1].startswith("OCR (paddle), Chinese: CER 0.000, 100% exact"), lines
     en_only = ocr_report_lines(dataclasses.replace(ds, stickers=ds.stickers.iloc[:2]), cfg, ocr)
     assert len(en_only) == 1 and en_only[0].startswith("OCR (paddle): CER "), en_only
+
+
+def test_boxes_on_one_line_read_left_to_right_even_when_one_sits_higher():
+    from bench.features.ocr_paddle import _assemble
+
+    def box(x0, y0, x1, y1):
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+    # "HOLD" starts 9 px lower than "ON" but on the same line; a second line below
+    boxes = [box(120, 100, 180, 140), box(10, 109, 100, 150), box(20, 200, 90, 240)]
+    texts = [("ON", 0.9), ("HOLD", 0.8), ("TIGHT", 0.7)]
+    text, conf = _assemble(boxes, texts)
+    assert text == "HOLD ON TIGHT" and conf == pytest.approx(80.0)
+    assert _assemble(boxes, [("ON", 0.9), ("HOLD", 0.3), ("TIGHT", 0.7)])[0] == "ON TIGHT"
+    assert _assemble([], []) == ("", 0.0)
+    star = [("★", 0.9), ("HOLD", 0.8), ("TIGHT", 0.7)]
+    assert _assemble(boxes, star)[0] == "HOLD TIGHT"  # a drawn shape is not a word
+    assert _assemble(boxes, star, symbols=True)[0] == "HOLD ★ TIGHT"

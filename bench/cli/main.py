@@ -208,18 +208,45 @@ def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], see
         sys.exit(1)
 
 
+def _shard(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N (0 <= I < N), e.g. 0/4, got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"expected I/N with 0 <= I < N, got {value!r}")
+    return i, n
+
+
 @cli.command("features")
 @click.argument("config", type=click.Path())
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. -o features.ocr=false or "
                    "-o dataset.params.n_stickers=500 (repeatable).")
-def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
+@click.option("--shard", default=None, callback=_shard, metavar="I/N",
+              help="Compute only shard I of N (0-based contiguous blocks of the stickers) into "
+                   "the shared feature cache, e.g. --shard $SLURM_ARRAY_TASK_ID/4; shards may "
+                   "run at once on machines sharing features.cache_dir, and a later run reads "
+                   "their union.")
+def features_cmd(config: str, overrides: tuple[str, ...], shard: tuple[int, int] | None) -> None:
     """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
     from bench.config import load_config
     from bench.data.resolve import resolve_dataset
-    from bench.runner import attach_configured_features
     cfg = load_config(config, list(overrides))
     ds = resolve_dataset(cfg.dataset)
+    if shard is not None:
+        from bench.features.cache import FeatureCache
+        from bench.features.config import validate_features
+        from bench.features.extract import fill_features
+        fcfg = validate_features(cfg.features)
+        report = fill_features(ds, fcfg, FeatureCache(fcfg.cache_dir), shard=shard)
+        click.echo(f"features for {ds.name} ({ds.fingerprint}), shard {shard[0]}/{shard[1]}:")
+        for k, v in report.items():
+            click.echo(f"  {k}: {v}")
+        return
+    from bench.runner import attach_configured_features
     _, embeddings, report = attach_configured_features(ds, cfg.features)
     click.echo(f"features for {ds.name} ({ds.fingerprint}):")
     for k, v in (report or {}).items():

@@ -28,6 +28,20 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 
 
 @click.command("perf")
+@click.option("--stage", type=click.Choice(["retrieval", "features"]), default="retrieval",
+              show_default=True,
+              help="retrieval: the stages below on a text-only workload; features: OCR + image "
+                   "embeddings of --images rendered stickers (images/s per stage, CER, peak "
+                   "memory, time for 543,098 images).")
+@click.option("--images", type=click.IntRange(min=10), default=400, show_default=True,
+              help="--stage features: stickers rendered (120-512 px, English and Chinese, a "
+                   "fifth without text).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--stage features: OCR/embedding workers.")
+@click.option("--parallel", type=click.Choice(["auto", "processes", "threads"]), default="auto",
+              show_default=True, help="--stage features: worker processes or threads.")
+@click.option("--encoder", default="style-stats", show_default=True,
+              help="--stage features: the image encoder.")
 @click.option("--workload", type=click.Choice(["zipf", "concepts"]), default="zipf",
               show_default=True,
               help="zipf: Zipfian 50,000-word vocabulary, 1-3 word queries, thousands of "
@@ -70,7 +84,8 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
-def perf(workload: str, size: int, n_requests: int, k: int, pool: int, seed: int,
+def perf(stage: str, images: int, workers: int, parallel: str, encoder: str, workload: str,
+         size: int, n_requests: int, k: int, pool: int, seed: int,
          retrievers: tuple[str, ...] | None, rank_bm25_sample: int, naive_sample: int,
          scaling: tuple[int, ...], no_peers: bool, no_sweep: bool, dataset_dir: str | None,
          batch_size: int, out: str | None, compare: str | None, profile: bool,
@@ -85,6 +100,14 @@ def perf(workload: str, size: int, n_requests: int, k: int, pool: int, seed: int
     import time
     from pathlib import Path
 
+    if stage == "features":
+        from bench.perf.features_bench import run_features_bench
+        folder = Path(out) if out else \
+            Path("persrv-runs") / f"perf-features-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_features_bench(images, workers=workers, parallel=parallel, encoder=encoder,
+                           seed=seed, out=folder, echo=click.echo)
+        click.echo(f"results: {folder / 'features.json'}")
+        return
     from bench.perf import PerfConfig, log_to_mlflow, run_perf
     from bench.tracking import check_reachable, resolve_tracking_uri
     uri = None if no_tracking else resolve_tracking_uri(tracking_uri)

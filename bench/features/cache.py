@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,6 +51,12 @@ def datasets_cache_dir() -> Path:
 def text_digest(text: str) -> str:
     """Row id of a per-text entry (e.g. dense-text's embeddings): SHA-256 of the UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _writer_tag() -> str:
+    """Host name and process id (part file names: readable, and unique with a random suffix)."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum())[:24] or "host"
+    return f"{host}{os.getpid()}"
 
 
 def _stable_json(obj: Any) -> str:
@@ -126,7 +134,8 @@ class FeatureCache:
         os.close(fd)
         try:
             rows.to_parquet(tmp, index=False)
-            target = d / f"part-{n:06d}-{os.getpid()}.parquet"
+            # unique across processes and machines sharing the folder (shards): never replaced
+            target = d / f"part-{n:06d}-{_writer_tag()}-{uuid.uuid4().hex[:8]}.parquet"
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -14,13 +14,19 @@ ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed")
 class OcrConfig(BaseModel):
     """How stickers are OCR'd. ``engine``: ``paddle`` (PP-OCRv4 from the rapidocr-onnxruntime
     wheel, Chinese + English, no apt step) or ``tesseract``; the fields from ``lang`` to
-    ``dictionary`` are tesseract's, ``det_min_side`` paddle's. Every field of the engine in use
-    but ``workers`` and ``batch`` is part of the cache key."""
+    ``dictionary`` are tesseract's (``symbols`` both engines'), ``det_side`` to ``rec_batch``
+    paddle's. Every field of the engine in use but ``workers``, ``batch`` and ``rec_batch`` is
+    part of the cache key."""
 
     model_config = ConfigDict(extra="forbid")
 
     engine: Literal["paddle", "tesseract"] = "paddle"
-    det_min_side: int = Field(192, ge=32, le=2048)  #: paddle: detect at least at this size (px)
+    #: paddle: detect an image whose long side is over this (px) shrunk to it; smaller ones (and
+    #: all, with None) at their own size, the short side at least ``det_min_side``
+    det_side: int | None = Field(256, ge=32, le=2048)
+    det_min_side: int = Field(192, ge=32, le=2048)
+    rec_min_width: int = Field(320, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
+    rec_batch: int = Field(1, ge=1, le=256)  #: paddle: text crops of equal width per model call
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
     psm: Literal[3, 4, 6, 7, 11, 12, 13] = 11  #: 11 = sparse text, 6 = one text block
@@ -31,7 +37,7 @@ class OcrConfig(BaseModel):
     border: int = Field(16, ge=0)      #: white border added around the image (px)
     flatten: Literal["white", "black", "both"] = "both"
     min_conf: float = Field(50.0, ge=0, le=100)  #: words below this confidence are dropped
-    symbols: bool = False              #: keep "words" without any letter or digit ("©", "@®")
+    symbols: bool = False  #: keep "words" without any letter or digit ("©", "★"; both engines)
     dictionary: bool = True            #: tesseract's word lists (False: load_*_dawg=0)
     workers: int = Field(2, ge=1)      #: parallel tesseract processes (not in the cache key)
     batch: int = Field(64, ge=1)       #: images per tesseract process (one model load each);
@@ -47,8 +53,12 @@ class OcrConfig(BaseModel):
 
     def cache_params(self) -> dict[str, Any]:
         if self.engine == "paddle":
-            return self.model_dump(include={"engine", "det_min_side", "frames"})
-        return self.model_dump(exclude={"workers", "batch", "det_min_side"})
+            keep = {"engine", "det_side", "rec_min_width", "frames", "symbols"}
+            if self.det_side is None:
+                keep.add("det_min_side")
+            return self.model_dump(include=keep)
+        return self.model_dump(exclude={"workers", "batch", "det_side", "det_min_side",
+                                        "rec_min_width", "rec_batch"})
 
 
 
@@ -61,7 +71,10 @@ class FeaturesConfig(BaseModel):
     Chinese datasets (``languages`` has "zh") are OCR'd with ``chi_sim`` unless ``ocr.lang`` is
     set. ``descriptions``: the VLM descriptions to merge when cached — "base" or an adapter id;
     None merges none. ``workers``: parallel OCR processes / image-loading threads (an
-    ``ocr.workers`` overrides it for OCR). ``cache_dir``: None = ``$PERSRV_BENCH_CACHE`` or the
+    ``ocr.workers`` overrides it for OCR). ``parallel``: how the image pipeline (decode once,
+    OCR, embed; :mod:`bench.features.image_pipeline`) uses its workers — ``processes``,
+    ``threads``, or ``auto`` (processes for more than one worker and at least
+    ``PROCESS_MIN_IMAGES`` images to compute). ``cache_dir``: None = ``$PERSRV_BENCH_CACHE`` or the
     user cache dir.
     """
 
@@ -72,6 +85,7 @@ class FeaturesConfig(BaseModel):
     encoder_params: dict[str, Any] = Field(default_factory=dict)
     descriptions: str | None = "base"
     workers: int = Field(2, ge=1)
+    parallel: Literal["auto", "threads", "processes"] = "auto"
     cache_dir: str | None = None
 
     @field_validator("encoder")

@@ -30,6 +30,21 @@ def _image_paths(stickers: pd.DataFrame, root: str | os.PathLike | None) -> list
     return image_paths(stickers, Path(root) if root is not None else None)
 
 
+def embed_cache_key(cache: Any, fingerprint: str, encoder: Any) -> tuple[str, dict[str, Any]]:
+    """``(key, meta)`` of the embeddings cache entry of an image encoder on a dataset."""
+    params = {"encoder": encoder.name, "raw": hasattr(encoder, "raw_features")}
+    key = cache.key(dataset_fingerprint=fingerprint, extractor=EMBED_EXTRACTOR, params=params,
+                    model=encoder.model_id)
+    return key, {"dataset_fingerprint": fingerprint, "extractor": EMBED_EXTRACTOR,
+                 "params": params, "model": encoder.model_id}
+
+
+def embed_rows(ids: list[str], vecs: np.ndarray, reasons: list[str]) -> pd.DataFrame:
+    """The cached embedding columns for ``ids``: ``sticker_id, vector, missing``."""
+    return pd.DataFrame({"sticker_id": ids, "vector": list(vecs.astype(np.float32)),
+                         "missing": reasons})
+
+
 def _encode_paths(encoder: Any, paths: Sequence[str | None], workers: int
                   ) -> tuple[np.ndarray, list[str]]:
     """Load and encode images; unloadable ones get zero rows and a reason."""
@@ -102,8 +117,7 @@ def embed_stickers(stickers: pd.DataFrame, root: str | os.PathLike | None, encod
             nonlocal computed
             v, r = _encode_paths(encoder, [paths[s] for s in chunk], workers)
             computed += len(chunk)
-            return pd.DataFrame({"sticker_id": chunk, "vector": list(v.astype(np.float32)),
-                                 "missing": r})
+            return embed_rows(chunk, v, r)
 
         if cache is None:
             step = chunk_size or 512
@@ -119,14 +133,11 @@ def embed_stickers(stickers: pd.DataFrame, root: str | os.PathLike | None, encod
                 from bench.features.ocr import stickers_fingerprint
                 dataset_fingerprint = stickers_fingerprint(
                     stickers, Path(root) if root is not None else None)
-            params = {"encoder": encoder.name, "raw": hasattr(encoder, "raw_features")}
-            key = cache.key(dataset_fingerprint=dataset_fingerprint, extractor=EMBED_EXTRACTOR,
-                            params=params, model=encoder.model_id)
+            key, meta = embed_cache_key(cache, dataset_fingerprint, encoder)
             frame = cache.compute(
-                key, ids, fn, chunk_size=chunk_size or (1024 if params["raw"] else 256),
+                key, ids, fn, chunk_size=chunk_size or (1024 if meta["params"]["raw"] else 256),
                 progress=f"embed ({encoder.name})" if progress else None, rate_unit="img",
-                meta={"dataset_fingerprint": dataset_fingerprint, "extractor": EMBED_EXTRACTOR,
-                      "params": params, "model": encoder.model_id})
+                meta=meta)
         dim = encoder.raw_dim if hasattr(encoder, "raw_features") else encoder.dim
         if frame is None or not len(frame):
             vecs, reasons = np.zeros((0, dim), np.float32), []

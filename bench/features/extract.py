@@ -21,7 +21,8 @@ import pandas as pd
 from bench.features.cache import FeatureCache
 from bench.features.config import FeaturesConfig, OcrConfig  # noqa: F401 (re-exported)
 from bench.features.encoders import embed_stickers, make_encoder
-from bench.features.ocr import ocr_stickers
+from bench.features.image_pipeline import fill_image_features, shard_ids
+from bench.features.ocr import ocr_stickers, stickers_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,21 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
 
     languages = dataset.meta.get("languages") if isinstance(dataset.meta, dict) else None
     ocr_cfg = cfg.ocr_config(languages if isinstance(languages, list) else None)
+    name = _resolve_encoder(cfg, stickers, has_images, notes)
+    encoder = make_encoder(name, **cfg.encoder_params) if name is not None else None
+    if has_images:  # image features are keyed by sticker ids + image bytes, not by the
+        # dataset fingerprint: clicks do not change what an image shows (beds rebuilt with other
+        # simulated users, shards and runs all share them)
+        fp = stickers_fingerprint(stickers, dataset.root)
+    if has_images and (ocr_cfg is not None or encoder is not None):
+        # decode each image once for OCR and the encoder; the readers below find it cached
+        pipe = fill_image_features(stickers, dataset.root, fp, cache, ocr=ocr_cfg,
+                                   encoder=encoder, workers=_workers(cfg, ocr_cfg),
+                                   parallel=cfg.parallel, progress=progress)
+        report.update({k: pipe[k] for k in ("parallel", "image_stages", "image_stages_cpu",
+                                            "worker_peak_rss")}, images_seconds=pipe["seconds"])
+    else:
+        pipe = {}
     if ocr_cfg is None:
         report["ocr"] = "off"
     elif not has_images:
@@ -175,37 +191,77 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
         if "ocr_text" in stickers.columns:
             notes.append(f"the dataset's own ocr_text column was replaced by {ocr_cfg.engine} OCR")
         t0 = time.perf_counter()
-        res = ocr_stickers(dataset, ocr_cfg, cache, progress=progress)
+        res = ocr_stickers(dataset, ocr_cfg, cache, dataset_fingerprint=fp, progress=progress)
         stickers["ocr_text"] = res["ocr_text"].to_numpy(dtype=object)
         missing = res.attrs.get("missing", {})
         report.update(ocr=ocr_cfg.engine, ocr_config=ocr_cfg.cache_params(),
                       ocr_missing=int(sum(missing.values())), ocr_missing_by_reason=missing,
-                      ocr_computed=int(res.attrs.get("computed", 0)),
+                      ocr_computed=int(res.attrs.get("computed", 0)) + pipe.get("ocr_computed", 0),
                       ocr_seconds=round(time.perf_counter() - t0, 3))
 
-    if cfg.descriptions is not None and fp is not None:
-        stickers, info = merge_descriptions(stickers, cache, fp, cfg.descriptions)
+    if cfg.descriptions is not None and dataset.fingerprint:
+        stickers, info = merge_descriptions(stickers, cache, dataset.fingerprint,
+                                            cfg.descriptions)
         report["descriptions"] = info
         if info["key"] is None:
             notes.append(f"no cached VLM descriptions (source {cfg.descriptions!r}) for this "
                          "dataset")
 
     embeddings = None
-    name = _resolve_encoder(cfg, stickers, has_images, notes)
     report["encoder"] = name
-    if name is not None:
-        encoder = make_encoder(name, **cfg.encoder_params)
+    if encoder is not None:
         t0 = time.perf_counter()
         details: dict[str, Any] = {}
-        # keyed by sticker ids + image bytes, not the dataset fingerprint: the clicks do not
-        # change an image's vector (beds rebuilt with other simulated users reuse them)
-        embeddings, n_missing = embed_stickers(stickers, dataset.root, encoder, cache, None,
+        embeddings, n_missing = embed_stickers(stickers, dataset.root, encoder, cache, fp,
                                                cfg.workers, progress=progress, details=details)
         report.update(encoder_model_id=encoder.model_id, embed_dim=int(embeddings.shape[1]),
                       embed_missing=int(n_missing),
                       embed_missing_by_reason=details.get("missing_by_reason", {}),
-                      embed_computed=int(details.get("computed", 0)),
+                      embed_computed=int(details.get("computed", 0))
+                      + pipe.get("embed_computed", 0),
                       embed_seconds=round(time.perf_counter() - t0, 3))
     for note in notes:
         log.info("features: %s", note)
     return stickers, embeddings, report
+
+
+def _workers(cfg: FeaturesConfig, ocr_cfg: OcrConfig | None) -> int:
+    return ocr_cfg.workers if ocr_cfg is not None else cfg.workers
+
+
+def fill_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
+                  cache: FeatureCache | None = None, *, shard: tuple[int, int] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Compute into the cache (and return nothing but a report) the OCR and image embeddings
+    of a dataset's stickers, or of shard ``(I, N)`` of them (:func:`shard_ids`: the I-th of N
+    contiguous blocks, 0-based). Shards may run at the same time on machines sharing the
+    cache folder; once every shard is done, :func:`attach_features` reads their union and
+    computes nothing. Report: ``stickers`` (in this shard), ``shard``, ``ocr_computed``,
+    ``embed_computed``, ``image_stages``, ``parallel``, ``seconds``, ``key_*`` (entries)."""
+    if cfg is None:
+        cfg = FeaturesConfig()
+    elif isinstance(cfg, dict):
+        cfg = FeaturesConfig.model_validate(cfg)
+    if cache is None:
+        cache = FeatureCache(cfg.cache_dir)
+    stickers = dataset.stickers
+    ids = stickers["sticker_id"].astype(str).tolist()
+    mine = shard_ids(ids, shard) if shard is not None else ids
+    has_images = bool("image" in stickers.columns and stickers["image"].notna().any())
+    report: dict[str, Any] = {"dataset": dataset.name, "stickers": len(mine),
+                              "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+    if not has_images:
+        report["note"] = "no images (text-only dataset): nothing to compute"
+        return report
+    languages = dataset.meta.get("languages") if isinstance(dataset.meta, dict) else None
+    ocr_cfg = cfg.ocr_config(languages if isinstance(languages, list) else None)
+    notes: list[str] = []
+    name = _resolve_encoder(cfg, stickers, has_images, notes)
+    encoder = make_encoder(name, **cfg.encoder_params) if name is not None else None
+    fp = stickers_fingerprint(stickers, dataset.root)  # as attach_features keys image features
+    report.update(fill_image_features(stickers, dataset.root, fp, cache, ocr=ocr_cfg,
+                                      encoder=encoder, ids=mine,
+                                      workers=_workers(cfg, ocr_cfg), parallel=cfg.parallel,
+                                      progress=progress))
+    report["encoder"] = name
+    return report

@@ -1,4 +1,6 @@
-"""OCR of sticker captions, cached and parallel (DESIGN §9): one interface, two engines.
+"""OCR of sticker captions, cached and parallel (DESIGN §9): one interface
+(:class:`bench.features.ocr_engine.OcrEngine`), engines registered by class in
+:data:`OCR_ENGINES`.
 
 ``engine: paddle`` (the default) is PaddleOCR's PP-OCRv4 detection + recognition, Chinese and
 English in one model, run offline on onnxruntime from the ``rapidocr-onnxruntime`` wheel
@@ -26,9 +28,11 @@ import pandas as pd
 
 from bench.features.config import OcrConfig
 from bench.features.images import count_reasons
-from bench.features.ocr_tesseract import (INSTALL_HINT, OcrUnavailable, ensure_tesseract,
-                                          ocr_images, parse_tsv, preprocess, tesseract_available,
-                                          tesseract_cmd, tesseract_version)
+from bench.features.ocr_engine import OcrEngine
+from bench.features.ocr_paddle import PaddleEngine
+from bench.features.ocr_tesseract import (INSTALL_HINT, OcrUnavailable, TesseractEngine,
+                                          ensure_tesseract, ocr_images, parse_tsv, preprocess,
+                                          tesseract_available, tesseract_cmd, tesseract_version)
 from bench.features.ocr_text import character_error_rate, is_cjk, levenshtein, normalise_text
 from bench.progress import Progress
 
@@ -36,28 +40,58 @@ log = logging.getLogger(__name__)
 
 OCR_EXTRACTOR = "ocr"
 #: Bump when pre-processing or text assembly changes (part of the cache key).
-OCR_VERSION = 1
+OCR_VERSION = 2
+
+#: The OCR engines by name (``features.ocr.engine``); each implements
+#: :class:`bench.features.ocr_engine.OcrEngine`.
+OCR_ENGINES: dict[str, type[OcrEngine]] = {"paddle": PaddleEngine, "tesseract": TesseractEngine}
 
 __all__ = ["INSTALL_HINT", "OcrConfig", "OcrUnavailable", "ocr_images", "ocr_stickers",
-           "parse_tsv", "preprocess", "tesseract_available", "tesseract_cmd", "tesseract_version",
+           "parse_tsv", "preprocess", "tesseract_available", "ensure_tesseract", "tesseract_cmd",
+           "tesseract_version", "OCR_ENGINES", "make_engine", "ocr_cache_key", "ocr_rows",
            "engine_images", "ocr_accuracy", "ocr_report_lines", "caption_language",
            "character_error_rate", "levenshtein", "normalise_text", "is_cjk"]
 
 
+def make_engine(config: OcrConfig) -> OcrEngine:
+    """The engine ``config.engine`` names (:data:`OCR_ENGINES`)."""
+    try:
+        return OCR_ENGINES[config.engine]()
+    except KeyError:
+        from bench.errors import ConfigError
+        raise ConfigError(f"unknown OCR engine {config.engine!r}; choose one of "
+                          f"{', '.join(OCR_ENGINES)}") from None
+
+
 def engine_images(paths, config: OcrConfig) -> list[tuple[str, float, str]]:
     """``(text, confidence 0-100, missing reason or "")`` per image, with ``config.engine``."""
-    if config.engine == "paddle":
-        from bench.features.ocr_paddle import paddle_images
-        return paddle_images(paths, config)
-    return ocr_images(paths, config)
+    return make_engine(config).read_paths(paths, config)
 
 
 def engine_model(config: OcrConfig) -> str:
     """The engine and its version (part of the cache key); raises if it is not installed."""
-    if config.engine == "paddle":
-        from bench.features.ocr_paddle import paddle_version
-        return f"paddle-{paddle_version()}"
-    return f"tesseract-{ensure_tesseract(config.lang)}"
+    return make_engine(config).model_id(config)
+
+
+def ocr_cache_key(cache: Any, fingerprint: str, config: OcrConfig) -> tuple[str, dict[str, Any]]:
+    """``(key, meta)`` of the OCR cache entry for a dataset fingerprint and OCR settings
+    (raises :class:`OcrUnavailable` when the engine is not installed)."""
+    model = engine_model(config)
+    params = {**config.cache_params(), "version": OCR_VERSION}
+    key = cache.key(dataset_fingerprint=fingerprint, extractor=OCR_EXTRACTOR, params=params,
+                    model=model)
+    return key, {"dataset_fingerprint": fingerprint, "extractor": OCR_EXTRACTOR,
+                 "params": params, "model": model}
+
+
+def ocr_rows(ids: list[str], readings: list[tuple[str, float, str]], per_image_s: float
+             ) -> pd.DataFrame:
+    """The cached OCR columns for ``ids``: ``sticker_id, ocr_text, ocr_conf, ocr_missing,
+    ocr_seconds``."""
+    return pd.DataFrame({"sticker_id": ids, "ocr_text": [r[0] for r in readings],
+                         "ocr_conf": np.array([r[1] for r in readings], dtype=np.float32),
+                         "ocr_missing": [r[2] for r in readings],
+                         "ocr_seconds": np.full(len(ids), per_image_s, dtype=np.float32)})
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -114,7 +148,7 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
     """
     config = config or OcrConfig()
     stickers, root_path, fp = _resolve(data, root, dataset_fingerprint)
-    model = engine_model(config)
+    engine_model(config)  # the engine is installed (else a one-line error)
     t0 = time.perf_counter()
     ids = stickers["sticker_id"].astype(str).tolist()
     path_of = dict(zip(ids, image_paths(stickers, root_path)))
@@ -126,10 +160,7 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
         res = engine_images([path_of[s] for s in chunk], config)
         per_image = (time.perf_counter() - t_chunk) / max(1, len(chunk))
         computed += len(chunk)
-        return pd.DataFrame({"sticker_id": chunk, "ocr_text": [r[0] for r in res],
-                             "ocr_conf": np.array([r[1] for r in res], dtype=np.float32),
-                             "ocr_missing": [r[2] for r in res],
-                             "ocr_seconds": np.full(len(chunk), per_image, dtype=np.float32)})
+        return ocr_rows(chunk, res, per_image)
 
     if cache is None:
         parts = []
@@ -144,13 +175,10 @@ def ocr_stickers(data: Any, config: OcrConfig | None = None, cache: Any = None, 
     else:
         if fp is None:
             fp = stickers_fingerprint(stickers, root_path)
-        params = {**config.cache_params(), "version": OCR_VERSION}
-        key = cache.key(dataset_fingerprint=fp, extractor=OCR_EXTRACTOR, params=params, model=model)
+        key, meta = ocr_cache_key(cache, fp, config)
         out = cache.compute(key, ids, fn, chunk_size=config.batch * config.workers,
                             progress=f"OCR ({config.engine})" if progress else None,
-                            rate_unit="img",
-                            meta={"dataset_fingerprint": fp, "extractor": OCR_EXTRACTOR,
-                                  "params": params, "model": model})
+                            rate_unit="img", meta=meta)
     out["ocr_text"] = out["ocr_text"].fillna("").astype(str)
     out["ocr_missing"] = out["ocr_missing"].fillna("").astype(str)
     if "ocr_seconds" not in out:  # parts cached before the timing column existed

@@ -54,6 +54,7 @@ from PIL import Image, ImageOps
 from bench.errors import BenchError
 from bench.features.config import OcrConfig
 from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
+from bench.features.ocr_engine import OcrEngine
 from bench.features.ocr_text import is_cjk
 
 log = logging.getLogger(__name__)
@@ -284,3 +285,18 @@ def ocr_images(paths: Sequence[str | os.PathLike | None], config: OcrConfig | No
                 results = list(pool.map(lambda ib: _ocr_batch(ib[1], config, work, f"b{ib[0]}"),
                                         enumerate(batches)))
     return [r for batch in results for r in batch]
+
+
+class TesseractEngine(OcrEngine):
+    """Debian's tesseract as an :class:`bench.features.ocr_engine.OcrEngine` (reads files: its
+    pre-processing writes its own temporary images)."""
+
+    name = "tesseract"
+    reads_decoded = False
+
+    def model_id(self, config: OcrConfig) -> str:
+        return f"tesseract-{ensure_tesseract(config.lang)}"
+
+    def read_paths(self, paths: Sequence[str | os.PathLike | None], config: OcrConfig
+                   ) -> list[tuple[str, float, str]]:
+        return ocr_images(paths, config)

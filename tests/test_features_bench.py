@@ -1,0 +1,73 @@
+"""`persrv-bench perf --stage features` (bench/perf/features_bench.py): rendered stickers of mixed
+sizes and languages through attach_features, with images/s per stage, CER, memory and the
+extrapolation to paper scale."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.perf.features_bench import MAX_SIDE, MIN_SIDE, format_result, render_dataset
+
+pytest.importorskip("rapidocr_onnxruntime")
+
+
+def test_rendered_dataset_mixes_sizes_languages_and_images_without_text(tmp_path):
+    ds = render_dataset(tmp_path / "ds", 40, seed=1)
+    st = ds.stickers
+    assert len(st) == 40 and st["sticker_id"].is_unique
+    assert MIN_SIDE <= st["gt_size"].min() < st["gt_size"].max() <= MAX_SIDE
+    caps = st["gt_caption"].fillna("")
+    assert (caps == "").sum() >= 2  # some stickers carry no text
+    from bench.features.ocr import caption_language
+    langs = {caption_language(c) for c in caps if c}
+    assert langs == {"en", "zh"}
+    from PIL import Image
+    sizes = {Image.open(ds.root / p).size for p in st["image"][:10]}
+    assert all(w == h for w, h in sizes) and len(sizes) > 1
+    again = render_dataset(tmp_path / "ds2", 40, seed=1)  # seeded: the same stickers
+    assert again.fingerprint == ds.fingerprint
+
+
+def test_features_bench_measures_every_stage_and_reads_the_captions(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli.main import cli
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["perf", "--stage", "features", "--images", "16",
+                                   "--workers", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "features.json").read_text())
+    assert r["images"] == 16 and r["ocr"] == "paddle" and r["encoder"] == "style-stats"
+    assert set(r["stages_s"]) == {"decode", "detect", "recognise", "embed"}
+    assert all(v > 0 for v in r["stages_s"].values())
+    assert all(v > 0 for v in r["stages_cpu_s"].values())
+    assert r["images_per_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 50
+    assert r["paper_hours"] == pytest.approx(543_098 / r["images_per_s"] / 3600)
+    assert r["cer"]["en"]["n"] + r["cer"]["zh"]["n"] + r["no_text_images"] == 16
+    assert r["cer"]["en"]["n"] and r["cer"]["en"]["cer_mean"] < 0.1
+    for line in ("images/s", "CER: English", "paper scale: 543,098 images", "load average",
+                 "CPU per stage"):
+        assert line in res.output, line
+    assert not (out / "cache").exists()  # the throw-away cache is removed
+
+
+def test_format_result_marks_the_target():
+    r = {"images": 100, "workers": 2, "parallel": "processes", "encoder": "style-stats",
+         "ocr": "paddle", "cpu_model": "cpu", "cpus": 2, "cpus_available": 2,
+         "load_start": [0.5, 0, 0], "load_end": [0.7, 0, 0], "wall_s": 2.0,
+         "images_per_s": 50.0, "cpu_s": 4.0, "cpu_ms_per_image": 40.0,
+         "cpu_bound_images_per_s": 50.0, "stages_s": {}, "stages_cpu_s": {},
+         "peak_rss_mb": 300.0, "peak_rss_worker_mb": 200.0,
+         "cer": {"en": {"n": 0, "cer_mean": np.nan, "cer_micro": np.nan, "exact": np.nan},
+                 "zh": {"n": 3, "cer_mean": 0.0, "cer_micro": 0.0, "exact": 1.0}},
+         "no_text_images": 1, "no_text_read_as_text": 0, "paper_images": 543_098,
+         "paper_hours": 543_098 / 50 / 3600, "target_images_per_s": 40.0, "ocr_s": 1, "embed_s": 1}
+    text = "\n".join(format_result(r))
+    assert "50.0 images/s (target >= 40: met)" in text and "Chinese 0.000" in text
+    assert "English" not in text.split("CER:")[1].split("\n")[0]
+    assert "3.0 h" in text
+    r["images_per_s"] = 10.0
+    assert "target >= 40: missed" in "\n".join(format_result(r))

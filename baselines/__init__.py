@@ -1,4 +1,4 @@
 """Registered retrievers, one module each. Importing this package registers them all."""
 
-from baselines import (bm25, dense_clip, dense_text, fusion, persrv,  # noqa: F401
+from baselines import (bm25, dense_clip, dense_text, fusion, ltr, persrv,  # noqa: F401
                        persrv_variants, popularity, query_lookup, random, user_history)

@@ -59,6 +59,8 @@ class LearnedRanker(Configurable):
         min_data_in_leaf: int = param(20, ge=1)
         n_estimators: int = param(300, ge=1, description="most boosting rounds")
         early_stopping: int = param(30, ge=1, description="rounds without validation gain")
+        max_train_requests: int = param(20000, ge=1, description="labelled requests per "
+                                        "set (a seeded sample beyond it)")
         seed: int = param(0, ge=0)
         num_threads: int = param(1, ge=1, description="LightGBM threads (fixed: same results)")
         chinese: str = param("jieba", description="Chinese tokenisation: jieba | char | none")
@@ -115,8 +117,9 @@ class LearnedRanker(Configurable):
                            n_estimators=int(self.n_estimators),
                            early_stopping=int(self.early_stopping), seed=int(self.seed),
                            num_threads=int(self.num_threads))
-        train_rows = labelled_rows(corpus, train.clicks, 1, drop)
-        valid_rows = labelled_rows(corpus, train.clicks, 0, drop)
+        cap, seed = int(self.max_train_requests), int(self.seed)
+        train_rows = labelled_rows(corpus, train.clicks, 1, drop, cap, seed)
+        valid_rows = labelled_rows(corpus, train.clicks, 0, drop, cap, seed)
         self._ranker = train_ranker(train_rows, valid_rows, cfg)
         if self._ranker.booster is None:
             log.warning("ltr: no user has two click-groups with a positive in the pool; "

@@ -174,3 +174,13 @@ def test_bad_parameters_are_one_line_errors():
                       clicks=CLICKS))
     with pytest.raises(ConfigError, match="pool"):
         make_retriever("ltr", {"pool": 0})
+
+
+def test_training_request_cap_is_a_seeded_order_free_sample():
+    from bench.ltr.training import sample_requests
+    pairs = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)], "query": ["q"] * 50})
+    a = sample_requests(pairs, 10, seed=1)
+    b = sample_requests(pairs.iloc[::-1], 10, seed=1)
+    assert len(a) == 10 and set(a["user_id"]) == set(b["user_id"])
+    assert set(sample_requests(pairs, 10, seed=2)["user_id"]) != set(a["user_id"])
+    assert sample_requests(pairs, 100, seed=1) is pairs

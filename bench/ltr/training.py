@@ -20,6 +20,7 @@ pool holds no positive are left out (counted). Determinism: ``deterministic=True
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,11 +87,27 @@ def history_and_targets(clicks: pd.DataFrame, from_end: int) -> tuple[pd.DataFra
     return df[fe > from_end], df[fe == from_end]
 
 
+def sample_requests(pairs: pd.DataFrame, max_requests: int | None, seed: int) -> pd.DataFrame:
+    """At most ``max_requests`` (user_id, query) rows: those with the smallest seeded hash of
+    (seed, user, query), so the sample does not depend on row order or thread count."""
+    if max_requests is None or len(pairs) <= max_requests:
+        return pairs
+    keys = [hashlib.blake2b(f"{seed}\x1f{u}\x1f{q}".encode("utf-8", "surrogatepass"),
+                            digest_size=8).digest() for u, q in zip(pairs["user_id"],
+                                                                     pairs["query"])]
+    keep = np.argsort(np.array(keys, dtype=object), kind="stable")[:max_requests]
+    return pairs.iloc[np.sort(keep)]
+
+
 def labelled_rows(corpus: Corpus, clicks: pd.DataFrame, from_end: int,
-                  drop: tuple[str, ...] = ()) -> LabelledRows:
-    """The labelled set ``from_end`` of ``clicks`` (module doc)."""
+                  drop: tuple[str, ...] = (), max_requests: int | None = None,
+                  seed: int = 0) -> LabelledRows:
+    """The labelled set ``from_end`` of ``clicks`` (module doc); at most ``max_requests``
+    target requests (a seeded sample: :func:`sample_requests`)."""
     history, targets = history_and_targets(clicks, from_end)
     pairs = targets[["user_id", "query"]].drop_duplicates().sort_values(["user_id", "query"])
+    pairs = sample_requests(pairs, max_requests, seed)
+    targets = targets.merge(pairs, on=["user_id", "query"], how="inner")
     requests = [Request(u, q) for u, q in zip(pairs["user_id"], pairs["query"])]
     sig = build_signals(corpus, history)
     req_idx, rows, X = candidate_features(sig, requests, drop)

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 
 @register("ltr")
 class LearnedRanker(Configurable):
-    """LightGBM LambdaMART over pooled candidates and PerSRV's signals (BM25 fields, dense text,
-    utility counts, query clicks, the user's history, style clusters); time-respecting training."""
+    """Learned ranker: LightGBM LambdaMART over PerSRV's signals, trained on earlier clicks only.
+
+    Candidates pooled from BM25 fields, dense text, query clicks, the user's history and
+    popularity; features per (request, candidate) from :mod:`bench.ltr.features`."""
 
     name = "ltr"
 

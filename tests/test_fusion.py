@@ -24,6 +24,9 @@ LISTS = {
 }
 
 
+SEARCHES: list[str] = []
+
+
 class Fixed(Configurable):
     """Test input: returns the fixed lists of LISTS[which] (no learning)."""
 
@@ -35,6 +38,7 @@ class Fixed(Configurable):
         return self
 
     def search(self, requests, k):
+        SEARCHES.append(self.which)
         return Run({r: LISTS[self.which].get(r, [])[:k] for r in requests})
 
 
@@ -99,6 +103,12 @@ def test_k_cuts_and_inputs_are_fitted_on_the_view(fixed):
     # search-only changes reuse the fitted inputs
     other = r.with_params(method="combmnz", weights=[1.0, 2.0])
     assert other.retrievers_ is r.retrievers_
+    # a sweep trial re-fuses the inputs' cached lists: no input searches again
+    SEARCHES.clear()
+    r.search([REQ, REQ2], 3)
+    other.search([REQ, REQ2], 3)
+    r.with_params(method="combsum").search([REQ, REQ2], 3)
+    assert SEARCHES == ["A", "B"]
 
 
 def test_bad_inputs_are_one_line_errors(fixed):

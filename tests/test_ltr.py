@@ -184,3 +184,23 @@ def test_training_request_cap_is_a_seeded_order_free_sample():
     assert len(a) == 10 and set(a["user_id"]) == set(b["user_id"])
     assert set(sample_requests(pairs, 10, seed=2)["user_id"]) != set(a["user_id"])
     assert sample_requests(pairs, 100, seed=1) is pairs
+
+
+@pytest.mark.slow
+def test_perf_measures_ltr_fit_time_and_memory(tmp_path, isolated_cache):
+    import json
+
+    from click.testing import CliRunner
+
+    from bench.cli import cli
+    out = tmp_path / "perf"
+    res = CliRunner().invoke(cli, [
+        "perf", "--size", "2000", "--requests", "50", "--retrievers", "bm25,ltr",
+        "--rank-bm25-sample", "0", "--naive-sample", "0", "--scaling", "none", "--no-peers",
+        "--no-sweep", "--no-tracking", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "perf.json").read_text(encoding="utf-8"))["retrievers"]["ltr"]
+    assert rec["params"]["dense"] is False and rec["params"]["fields"] == ["ocr_text", "queries"]
+    assert rec["fit_s"] > 0 and rec["peak_rss_mb"] > 0 and rec["m_mrr"] > 0
+    assert "| ltr |" in (out / "perf.md").read_text(encoding="utf-8")
+    assert "ltr" in res.output and "fit " in res.output

@@ -126,7 +126,8 @@ class LearnedRanker(Configurable):
         if self._ranker.booster is None:
             log.warning("ltr: no user has two click-groups with a positive in the pool; "
                         "ranking by popularity")
-        self._training = (train_rows, valid_rows)  # kept for inspection and tests
+        # the clicks each labelled set took its targets from (inspection, tests); not the rows
+        self._training_targets = (train_rows.targets, valid_rows.targets)
         self._signals = build_signals(corpus, train.clicks)
         self._id_rank = np.argsort(np.argsort(corpus.sticker_ids, kind="stable"), kind="stable")
         self.feature_importances_ = dict(self._ranker.importances)

@@ -146,10 +146,10 @@ def test_a_planted_validation_click_never_reaches_training():
     planted, view_p, run_p = _fit("validation", plant=True)
     assert view_p.clicks.equals(view.clicks)                 # the harness hides validation
     assert run_p.results == run.results                      # ... so the ranking cannot move
-    for rows in planted._training:                           # training labels: fitting clicks
-        keys = set(zip(rows.targets["user_id"], rows.targets["ts"]))
-        assert keys <= set(zip(view_p.clicks["user_id"], view_p.clicks["ts"]))
-        assert "planted" not in set(rows.targets["sticker_id"])
+    for targets in planted._training_targets:                # training labels: fitting clicks
+        keys = set(zip(targets["user_id"], targets["ts"]))
+        assert keys and keys <= set(zip(view_p.clicks["user_id"], view_p.clicks["ts"]))
+        assert "planted" not in set(targets["sticker_id"])
     # the check can fail: once validation is fitting history (the test run), the plant shows
     _, _, run_leak = _fit("test", plant=True)
     assert run_leak.results != run.results

@@ -38,13 +38,16 @@ documents and are shared with the dense-text baseline.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from bench.data.format import text_columns
+from pydantic import field_validator
+
 from bench.errors import ConfigError
+from bench.params import Configurable, RetrieverParams, param
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
 from bench.bm25.index import bm25_weights, counts_from_codes
@@ -160,8 +163,26 @@ def field_texts(train: TrainView, fields: str | Sequence[str], sep: str = " ",
 
 # ----------------------------------------------------------------------------------- retriever
 
+def check_stem(value: str | None) -> str | None:
+    """A PyStemmer language (or None), else ValueError listing the languages."""
+    if value is not None:
+        import Stemmer
+        if value not in Stemmer.algorithms():
+            raise ValueError(f"unknown stemmer language; PyStemmer knows "
+                             f"{', '.join(Stemmer.algorithms())}")
+    return value
+
+
+def check_fields(value: str | list[str]) -> str | list[str]:
+    """A non-empty field name, comma-separated names or a list of names."""
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or any(not n.strip() for n in names):
+        raise ValueError("name at least one field ('all', a column, 'queries' or a list)")
+    return value
+
+
 @register("bm25")
-class BM25Retriever:
+class BM25Retriever(Configurable):
     """BM25 (Lucene/Elasticsearch formula) over the chosen sticker text fields as one document.
 
     ``fields``: ``"all"`` (every text column), a name, a comma-separated string or a list; the
@@ -176,37 +197,32 @@ class BM25Retriever:
 
     name = "bm25"
 
-    def __init__(self, fields: list[str] | str = "all", backend: str = "native",
-                 k1: float = 1.2, b: float = 0.75, stem: str | None = None,
-                 chinese: str = "jieba", batch_size: int = 1024, scoring: str = "pruned"):
-        self.fields = fields
-        self.backend = backend
-        self.k1 = k1
-        self.b = b
-        self.stem = stem
-        self.chinese = chinese
-        self.batch_size = batch_size
-        self.scoring = scoring
+    class Params(RetrieverParams):
+        fields: Union[list[str], str] = param("all", description=(
+            "all | a text column | comma-separated names | a list; 'queries' = train-click "
+            "queries"))
+        backend: Literal[BACKENDS] = param("native", description="native | bm25s | rank-bm25")
+        k1: float = param(1.2, ge=0, description="BM25 k1")
+        b: float = param(0.75, ge=0, le=1, description="BM25 b")
+        stem: Optional[str] = param(None, description="PyStemmer language or None")
+        chinese: Literal[CHINESE_MODES] = param("jieba", description="Chinese segmentation")
+        batch_size: int = param(1024, ge=1, refit="search",
+                                description="most queries per sparse product (exhaustive)")
+        scoring: Literal[SCORINGS] = param("pruned", refit="search",
+                                           description="pruned | exhaustive (same results)")
 
-    def _check_params(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"{self.name}: backend must be one of {', '.join(BACKENDS)}, "
-                              f"got {self.backend!r}")
-        if self.chinese not in CHINESE_MODES:
-            raise ConfigError(f"{self.name}: chinese must be one of {', '.join(CHINESE_MODES)}, "
-                              f"got {self.chinese!r}")
-        if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ConfigError(f"{self.name}: need k1 >= 0 and 0 <= b <= 1 "
-                              f"(got k1={self.k1}, b={self.b})")
-        if self.scoring not in SCORINGS:
-            raise ConfigError(f"{self.name}: scoring must be one of {', '.join(SCORINGS)}, "
-                              f"got {self.scoring!r}")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
+        @field_validator("fields")
+        @classmethod
+        def _fields(cls, value):
+            return check_fields(value)
+
+        @field_validator("stem")
+        @classmethod
+        def _stem(cls, value):
+            return check_stem(value)
 
     # --------------------------------------------------------------------------------- fit
     def fit(self, train: TrainView) -> "BM25Retriever":
-        self._check_params()
         self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
         try:
             self.tokenizer_ = Tokenizer(stem=self.stem, chinese=self.chinese)

@@ -2,10 +2,12 @@
 
 Documents are the chosen fields joined by ``"; "`` (same ``fields`` semantics as bm25, including
 the historical-query field ``"queries"``). Stickers without any text get no embedding and are
-never returned. Corpus embeddings go through the feature cache when ``train.cache`` is set, keyed
-by dataset fingerprint, model id, fields, normalisation and a hash of every (sticker id, text)
-pair, so a different historical-query field (another split) is a different entry.
-torch and sentence-transformers are imported in ``fit``/``search``, never at module import.
+never returned. With ``train.cache`` set, every encoded text — sticker documents and distinct
+queries — goes through the feature cache, one entry per (model id, normalisation), one row per
+distinct text keyed by its SHA-256: a text is encoded once per model whatever the dataset, split
+or historical-query field it comes from, and a run whose texts are all cached loads no model at
+all (the tokenizer statistics below are cached the same way). torch and sentence-transformers are
+imported only when something must be encoded, never at module import.
 
 At fit time the model's tokenizer is run on the distinct queries of the fitting clicks: the share
 of their (non-special) tokens that are the unknown token is ``unknown_token_share_`` (logged
@@ -15,16 +17,19 @@ vocabulary on Chinese queries: most queries become ``[UNK]`` only).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from baselines.bm25 import field_texts, resolve_fields
+from pydantic import field_validator
+
+from baselines.bm25 import check_fields, field_texts, resolve_fields
 from bench.errors import ConfigError
+from bench.features.cache import text_digest
+from bench.params import Configurable, RetrieverParams, param
 from bench.progress import encode_with_progress
 from bench.retrieval import Request, Run, TrainView
 from bench.registry import register
@@ -40,8 +45,9 @@ FIELD_SEP = "; "
 #: Unknown-token share of the fitting queries above which fit warns (the model does not cover
 #: the queries' language or script).
 UNKNOWN_TOKEN_WARN = 0.2
-#: Loaded encoders by (path, device), shared by every retriever of this process.
-_LOADED_MODELS: dict[tuple[str, str | None], object] = {}
+#: The :class:`~bench.run_context.RunContext` cache kind of loaded encoders, by (path, device):
+#: the retrievers of one run (a sweep's trials) load a model once.
+ENCODERS_KIND = "text-encoders"
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -91,7 +97,7 @@ def top_k_dense(scores: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray
 
 
 @register("dense-text")
-class DenseTextRetriever:
+class DenseTextRetriever(Configurable):
     """Sentence-transformers embeddings of the sticker text fields, ranked by cosine similarity.
 
     ``fields``: as bm25 (``"all"``, names, ``"queries"``). ``model``: ``"default"`` (bundled
@@ -103,23 +109,35 @@ class DenseTextRetriever:
 
     name = "dense-text"
 
-    def __init__(self, fields: list[str] | str = "all", model: str = DEFAULT_MODEL,
-                 batch_size: int = 64, device: str | None = None, normalize: bool = True):
-        self.fields = fields
-        self.model = model
-        self.batch_size = batch_size
-        self.device = device
-        self.normalize = normalize
+    class Params(RetrieverParams):
+        fields: Union[list[str], str] = param("all", description="as bm25: all | names | a list")
+        model: str = param(DEFAULT_MODEL, min_length=1,
+                           description="default (bundled all-MiniLM-L6-v2) | hub name | path")
+        batch_size: int = param(64, ge=1, description="encoding batch")
+        device: Optional[str] = param(None, description="torch device (None: auto)")
+        normalize: bool = param(True, description="unit-length embeddings (cosine)")
+
+        @field_validator("fields")
+        @classmethod
+        def _fields(cls, value):
+            return check_fields(value)
 
     # ------------------------------------------------------------------------------ model
-    def _encoder(self):
+    def _encoder(self, context: Any = None):
+        """The sentence-transformers model, loaded once per run through ``context`` (the
+        train view's :class:`~bench.run_context.RunContext`; None: loaded for this retriever)."""
         if getattr(self, "_st_model", None) is None:
             path, _ = resolve_model(self.model)
-            key = (path, self.device)
-            if key not in _LOADED_MODELS:  # sweeps build many retrievers on one model
+
+            def load():
                 from sentence_transformers import SentenceTransformer
-                _LOADED_MODELS[key] = SentenceTransformer(path, device=self.device)
-            self._st_model = _LOADED_MODELS[key]
+                from transformers.utils import logging as hf_logging
+                hf_logging.disable_progress_bar()  # its "Loading weights" bar leaks into logs
+                return SentenceTransformer(path, device=self.device)
+
+            context = context if context is not None else getattr(self, "_context", None)
+            self._st_model = load() if context is None else \
+                context.cached(ENCODERS_KIND, (path, self.device), load, size=2)
         return self._st_model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -130,9 +148,10 @@ class DenseTextRetriever:
 
     # -------------------------------------------------------------------------------- fit
     def fit(self, train: TrainView) -> "DenseTextRetriever":
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
         _, self.model_id_ = resolve_model(self.model)
+        self._st_model = None  # loaded on first use (through the run context): a warm
+        self._context = train.context  # feature cache needs no model at all
+        self._cache = train.cache
         self.unknown_token_share_ = self._unknown_token_share(train)
         names = resolve_fields(self.fields, train.stickers, self.name)
         texts = field_texts(train, names, sep=FIELD_SEP, retriever=self.name)
@@ -145,10 +164,9 @@ class DenseTextRetriever:
             log.warning("%s: no sticker has text in fields %r; every search returns nothing",
                         self.name, self.fields)
             self.embeddings_ = np.zeros((0, 0), dtype=np.float32)
-        elif train.cache is None:
-            self.embeddings_ = encode_with_progress(self._encode, docs, f"{self.name}: encoding")
         else:
-            self.embeddings_ = self._cached_embeddings(train, names, ids, docs)
+            self._cache = train.cache
+            self.embeddings_ = self._embed_texts(docs, f"{self.name}: encoding")
         return self
 
     def _unknown_token_share(self, train: TrainView) -> float | None:
@@ -156,46 +174,70 @@ class DenseTextRetriever:
         token (None without queries or without an unknown token); warns above 20%."""
         queries = [] if train.clicks is None or "query" not in train.clicks else \
             list(dict.fromkeys(q for q in train.clicks["query"].tolist() if isinstance(q, str)))
-        tokenizer = getattr(self._encoder(), "tokenizer", None) if queries else None
-        unk = getattr(tokenizer, "unk_token_id", None)
-        if unk is None:
+        if not queries:
             return None
-        ids = tokenizer(queries, add_special_tokens=False)["input_ids"]
-        total = sum(len(x) for x in ids)
+        counts = self._cached_rows(queries, "tokens", self._token_counts, progress=None)
+        if (counts["n_unknown"] < 0).any():  # the tokenizer has no unknown token
+            return None
+        total = int(counts["n_tokens"].sum())
         if total == 0:
             return None
-        unknown = sum(t == unk for x in ids for t in x)
-        share = unknown / total
+        share = int(counts["n_unknown"].sum()) / total
         if share > UNKNOWN_TOKEN_WARN:
-            only_unk = sum(bool(x) and all(t == unk for t in x) for x in ids)
+            only_unk = int(((counts["n_tokens"] > 0)
+                            & (counts["n_unknown"] == counts["n_tokens"])).sum())
             log.warning("%s: model %s maps %.1f%% of the query tokens to its unknown token "
                         "(%d of %d distinct queries are unknown tokens only); choose a model "
                         "for the queries' language (model=<name or path>)", self.name,
                         self.model_id_, 100 * share, only_unk, len(queries))
         return round(share, 6)
 
-    def _cached_embeddings(self, train: TrainView, names: list[str], ids: list[str],
-                           docs: list[str]) -> np.ndarray:
-        h = hashlib.sha256()
-        for sid, text in zip(ids, docs):
-            h.update(sid.encode("utf-8", "surrogatepass") + b"\x1f"
-                     + text.encode("utf-8", "surrogatepass") + b"\x1e")
-        key = train.cache.key(dataset_fingerprint=str(train.meta.get("fingerprint", "")),
-                              extractor="dense-text",
-                              params={"fields": names, "normalize": bool(self.normalize),
-                                      "sep": FIELD_SEP, "texts_sha256": h.hexdigest()},
-                              model=self.model_id_)
-        text_of = dict(zip(ids, docs))
+    def _token_counts(self, texts: list[str]) -> pd.DataFrame:
+        """Per text: its (non-special) token count and how many are the unknown token (-1 when
+        the tokenizer has none)."""
+        tokenizer = getattr(self._encoder(), "tokenizer", None)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None:
+            return pd.DataFrame({"n_tokens": [0] * len(texts), "n_unknown": [-1] * len(texts)})
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return pd.DataFrame({"n_tokens": [len(x) for x in ids],
+                             "n_unknown": [sum(t == unk for t in x) for x in ids]})
 
-        def encode_chunk(chunk: list[str]) -> pd.DataFrame:
-            emb = self._encode([text_of[s] for s in chunk])
-            return pd.DataFrame({"sticker_id": chunk, "embedding": list(emb)})
+    def _embed_texts(self, texts: list[str], desc: str) -> np.ndarray:
+        """Embeddings (float32, one row per text, in order): from the feature cache when the
+        retriever has one, encoding only the texts it lacks."""
+        if getattr(self, "_cache", None) is None:
+            return encode_with_progress(self._encode, texts, desc)
 
-        rows = train.cache.compute(key, ids, encode_chunk, chunk_size=CACHE_CHUNK,
-                                   meta={"extractor": "dense-text", "model": self.model_id_,
-                                         "fields": names, "normalize": bool(self.normalize)},
-                                   progress=f"{self.name} embeddings")
+        def encode_rows(chunk: list[str]) -> pd.DataFrame:
+            return pd.DataFrame({"embedding": list(self._encode(chunk))})
+
+        rows = self._cached_rows(texts, "embeddings", encode_rows, progress=desc)
         return np.stack(rows["embedding"].to_numpy()).astype(np.float32, copy=False)
+
+    def _cached_rows(self, texts: list[str], what: str, compute, progress: str | None
+                     ) -> pd.DataFrame:
+        """Rows of ``compute(texts) -> frame`` (one per text, in order) through the feature
+        cache entry ``dense-text-<what>`` of this model (rows keyed by text digest), computing
+        only the missing texts; without a cache, computed directly."""
+        if getattr(self, "_cache", None) is None:
+            return compute(texts).reset_index(drop=True)
+        cache = self._cache
+        params = {"normalize": bool(self.normalize)} if what == "embeddings" else {}
+        key = cache.key(dataset_fingerprint="", extractor=f"dense-text-{what}", params=params,
+                        model=self.model_id_)
+        digests = [text_digest(t) for t in texts]
+        text_of = dict(zip(digests, texts))
+
+        def compute_chunk(chunk: list[str]) -> pd.DataFrame:
+            frame = compute([text_of[d] for d in chunk]).reset_index(drop=True)
+            frame.insert(0, "sticker_id", chunk)  # the cache's row-id column: the text digest
+            return frame
+
+        return cache.compute(key, digests, compute_chunk, chunk_size=CACHE_CHUNK,
+                             meta={"extractor": f"dense-text-{what}", "model": self.model_id_,
+                                   **params, "row_id": "sha256 of the text"},
+                             progress=progress)
 
     # ----------------------------------------------------------------------------- search
     def search(self, requests: Sequence[Request], k: int) -> Run:
@@ -208,7 +250,7 @@ class DenseTextRetriever:
         k = max(0, min(int(k), n))
         ranked: dict[str, list[tuple[str, float]]] = {q: [] for q in queries}
         if queries and k > 0:
-            q_emb = self._encode(queries)
+            q_emb = self._embed_texts(queries, f"{self.name}: encoding queries")
             doc_ids = self.sticker_ids_[self.doc_rows_]
             corpus_t = np.ascontiguousarray(self.embeddings_.T)
             step = max(1, MAX_BLOCK_CELLS // max(n, 1))

@@ -17,34 +17,32 @@ with other defaults) are in :mod:`baselines.persrv_variants`. Recall pools and t
 :mod:`bench.persrv.recall_cache`; clusters: :mod:`bench.persrv.clustering`; re-rank:
 :mod:`bench.persrv.rerank` (and :mod:`bench.persrv.standardized` for the reference geometry).
 
-For sweeps: ``fit`` keeps the index; :meth:`PerSRV.with_params` returns a retriever with some
-parameters changed that refits only what those parameters touch (clusters for cluster
-parameters, nothing for the re-rank weight/mode, the utility vector for utility parameters,
-the index only for tokenizer/BM25 parameters or a newly enabled field) and shares the recall
-cache whenever recall is unchanged. :meth:`PerSRV.recall` and :meth:`PerSRV.personalize` are the
-two halves of ``search``. Recall pools are cached per distinct query (and shared between
-retrievers with identical recall, e.g. ``persrv`` and ``persrv-no-personalization``, through a
-small per-process cache).
+Parameters: declared once in :class:`baselines.persrv_config.PerSRVParams` (types, ranges,
+allowed values, refit groups). For sweeps: ``fit`` keeps the index; :meth:`PerSRV.with_params`
+returns a fitted retriever with some parameters changed that refits only the parts their refit
+groups name (``clusters``: the clusters; ``search``: nothing; ``utility``: the utility vector;
+``boosts``: re-weights the index, indexing a newly enabled field; ``index``: everything) and
+shares the recall cache whenever recall is unchanged. :meth:`PerSRV.recall` and
+:meth:`PerSRV.personalize` are the two halves of ``search``. Recall pools are cached per distinct
+query, per fitted retriever and its ``with_params`` copies (:mod:`bench.persrv.recall_cache`);
+tokenized fields are shared within a run through ``train.context``.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from baselines.persrv_config import (CLUSTER_PARAMS, FIELD_BOOSTS, FIELD_COLUMNS,  # noqa: F401
-                                     INDEX_PARAMS, UTILITY_PARAMS, PerSRVConfig,
-                                     historical_queries)
+from baselines.persrv_config import (FIELD_BOOSTS, FIELD_COLUMNS, PerSRVConfig,  # noqa: F401
+                                     PerSRVParams, historical_queries)
 from bench.errors import ConfigError
 from bench.persrv.clustering import UserClusters, cluster_users, inverse_norms, user_points
 from bench.persrv.fields import MultiFieldBM25
-from bench.persrv.recall_cache import _RECALL_CACHES  # noqa: F401  (tests clear it)
-from bench.persrv.recall_cache import RecallPool, digest, recall_cache
+from bench.persrv.recall_cache import RecallCaches, RecallPool, digest
 from bench.persrv.rerank import rerank
 from bench.persrv.standardized import rerank_standardized, standardized_clusters
 from bench.persrv.utility import utility_boost, utility_values
@@ -82,71 +80,10 @@ class PerSRV(PerSRVConfig):
 
     name = "persrv"
 
-    def __init__(self, ocr_boost: float = 1.0, queries_boost: float = 0.5,
-                 desc_boost: float = 1.0, keywords_boost: float = 0.0, text_boost: float = 1.0,
-                 text_columns: str = "auto", k1: float = 1.2, b: float = 0.75,
-                 k1_plus_one: bool = False,
-                 stem: str | None = None, chinese: str = "jieba", pool: int = 5000,
-                 pool_per_k: int = 0,
-                 utility: bool = True, utility_source: str = "clicks",
-                 utility_components: str = "popularity", utility_combine: str = "sum",
-                 utility_normalize: str = "none", utility_factor: float = 0.3,
-                 utility_modifier: str = "sqrt", utility_missing: float = 1.05,
-                 personalization: bool = True, cluster_algorithm: str = "kmeans",
-                 n_clusters: int = 5, min_cluster_size: int = 2,
-                 hdbscan_min_samples: int | None = None, hdbscan_noise: str = "singleton",
-                 cluster_linkage: str = "ward", gmm_covariance: str = "diag",
-                 min_radius: float = 0.0, cluster_max_iter: int = 100,
-                 kmeans_impl: str = "batched", geometry: str = "cosine",
-                 rerank_weight: float = 0.3, rerank_mode: str = "multiply",
-                 rerank_never_lower: bool = False, seed: int = 0,
-                 n_threads: int | None = None):
-        self.ocr_boost = ocr_boost
-        self.queries_boost = queries_boost
-        self.desc_boost = desc_boost
-        self.keywords_boost = keywords_boost
-        self.text_boost = text_boost
-        self.text_columns = text_columns
-        self.k1 = k1
-        self.b = b
-        self.k1_plus_one = k1_plus_one
-        self.stem = stem
-        self.chinese = chinese
-        self.pool = pool
-        self.pool_per_k = pool_per_k
-        self.utility = utility
-        self.utility_source = utility_source
-        self.utility_components = utility_components
-        self.utility_combine = utility_combine
-        self.utility_normalize = utility_normalize
-        self.utility_factor = utility_factor
-        self.utility_modifier = utility_modifier
-        self.utility_missing = utility_missing
-        self.personalization = personalization
-        self.cluster_algorithm = cluster_algorithm
-        self.n_clusters = n_clusters
-        self.min_cluster_size = min_cluster_size
-        self.hdbscan_min_samples = hdbscan_min_samples
-        self.hdbscan_noise = hdbscan_noise
-        self.cluster_linkage = cluster_linkage
-        self.gmm_covariance = gmm_covariance
-        self.min_radius = min_radius
-        self.cluster_max_iter = cluster_max_iter
-        self.kmeans_impl = kmeans_impl
-        self.geometry = geometry
-        self.rerank_weight = rerank_weight
-        self.rerank_mode = rerank_mode
-        self.rerank_never_lower = rerank_never_lower
-        self.seed = seed
-        self.n_threads = n_threads
-
-    # ------------------------------------------------------------------------ configuration
-    def param_names(self) -> list[str]:
-        return [n for n in inspect.signature(PerSRV.__init__).parameters if n != "self"]
-
     def fit(self, train: TrainView) -> "PerSRV":
-        self._check_params()
         self.train_ = train
+        self.recall_caches_ = RecallCaches()  # shared by the with_params copies of this fit
+        self._boost_counts = None  # diagnostics(): re-rank counts of this fit's searches
         self.user_points_ = None  # points of the clusters: per TrainView, reused by with_params
         self.sticker_ids_ = np.asarray(train.sticker_ids, dtype=object)
         self._fit_index(train)
@@ -166,8 +103,8 @@ class PerSRV(PerSRVConfig):
             log.warning("%s: no field to search (boosts %s, fields present: %s); every search "
                         "returns nothing", self.name, self.boosts(), ", ".join(texts))
         self.index_ = MultiFieldBM25(boosts, tokenizer=tokenizer, k1=self.k1, b=self.b,
-                                     k1_plus_one=self.k1_plus_one, n_threads=self.n_threads
-                                     ).fit({f: texts[f] for f in boosts},
+                                     k1_plus_one=self.k1_plus_one, n_threads=self.n_threads,
+                                     context=train.context).fit({f: texts[f] for f in boosts},
                                            n_docs=len(train.stickers))
         self.n_stickers_ = len(train.stickers)
 
@@ -224,47 +161,41 @@ class PerSRV(PerSRVConfig):
                 digest(self.doc_boost_), self.n_stickers_)
 
     def _attach_recall_cache(self) -> None:
-        self._recall = recall_cache(self._recall_signature())
+        self._recall = self.recall_caches_.get(self._recall_signature())
 
     def with_params(self, **params) -> "PerSRV":
         """A retriever with ``params`` changed that reuses this one's fitted state where the
-        change allows (see the module doc). Works before fit too (then it only sets params)."""
-        names = set(self.param_names())
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ConfigError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}")
+        refit groups of the changed parameters allow (see the module doc). Works before fit too
+        (then it only sets params)."""
+        validated, changed = self.changed_params(params)
+        if not changed:
+            return self
         new = copy.copy(self)
-        for k, v in params.items():
-            setattr(new, k, v)
-        changed = {k for k, v in params.items() if getattr(self, k) != v}
-        if not hasattr(self, "index_") or not changed:
+        new._set_params(validated)
+        if not hasattr(self, "index_"):
             return new
-        new._check_params()
+        groups = {self.Params.refit_group(k) for k in changed}
         train = self.train_
-        if changed & INDEX_PARAMS:
+        if groups & {"index", "fit"}:
             return new.fit(train)
-        boost_params = set(FIELD_BOOSTS.values()) & changed
-        recall_changed = bool(boost_params or changed & UTILITY_PARAMS or "pool" in changed)
-        if boost_params:
-            texts_present = set(self.field_texts(train)) if any(
-                new.boosts()[f] > 0 and f not in self.index_.fields for f in FIELD_BOOSTS) \
-                else set()
-            needs = [f for f, b in new.boosts().items()
-                     if b > 0 and f not in self.index_.fields and f in texts_present]
-            if needs:
+        if "boosts" in groups:
+            present = set(self.field_texts(train)) if any(
+                b > 0 and f not in self.index_.fields for f, b in new.boosts().items()) else set()
+            if any(b > 0 and f not in self.index_.fields and f in present
+                   for f, b in new.boosts().items()):
                 new._fit_index(train)
             else:
                 new.index_ = self.index_.with_boosts(
                     {f: b for f, b in new.boosts().items() if f in self.index_.fields})
-        if "n_threads" in changed and not boost_params:
-            new.index_ = new.index_.with_boosts({})
-        if "n_threads" in changed:
+        if "threads" in groups:
+            if new.index_ is self.index_:
+                new.index_ = new.index_.with_boosts({})
             new.index_.n_threads = new.n_threads
-        if changed & UTILITY_PARAMS:
+        if "utility" in groups:
             new._fit_utility(train)
-        if changed & CLUSTER_PARAMS:
+        if "clusters" in groups:
             new._fit_clusters(train)
-        if recall_changed:
+        if groups & {"boosts", "utility", "recall"}:
             new._attach_recall_cache()
         return new
 
@@ -326,7 +257,7 @@ class PerSRV(PerSRVConfig):
         if self.geometry == "standardized":
             return rerank_standardized(pool.ids, pool.scores, users, self.embeddings_, clusters,
                                        weight=weight, mode=mode, k=k, pool_row=rows,
-                                       never_lower=never_lower)
+                                       never_lower=never_lower, n_threads=self.n_threads)
         return rerank(pool.ids, pool.scores, users, self.embeddings_, clusters, weight=weight,
                       mode=mode, k=k, pool_row=rows, inv_norms=self.inv_norms_,
                       n_threads=self.n_threads, never_lower=never_lower)
@@ -353,4 +284,17 @@ class PerSRV(PerSRVConfig):
                 else self.with_params(pool=int(k))
         pool = me.recall(requests)
         ids, scores = me.personalize(pool, requests, int(k))
+        if me.personalization and me.clusters_ is not None and me.geometry == "cosine":
+            from bench.persrv.diagnostics import add_counts, boost_counts
+            self._boost_counts = add_counts(getattr(self, "_boost_counts", None), boost_counts(
+                me.clusters_, me.user_points_, me.embeddings_, me.inv_norms_,
+                [r.user_id for r in requests], ids))
         return self.to_run(requests, ids, scores)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Personalisation diagnostics of the fit and the searches so far (cluster shapes, where
+        the re-rank lands): :func:`bench.persrv.diagnostics.persrv_diagnostics`."""
+        from bench.persrv.diagnostics import persrv_diagnostics
+        return persrv_diagnostics(getattr(self, "clusters_", None),
+                                  getattr(self, "user_points_", None),
+                                  getattr(self, "_boost_counts", None))

@@ -13,24 +13,18 @@ of the default ``persrv`` (``benchmarks/fidelity_table.py`` measures them).
 
 from __future__ import annotations
 
-import inspect
-
 from baselines.persrv import PerSRV
+from bench.params import with_defaults
 from bench.registry import register
 
+
 def _variant(name: str, doc: str, **defaults) -> type:
-    """A registered PerSRV subclass that differs only in parameter defaults."""
-    base = inspect.signature(PerSRV.__init__)
-    sig = base.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults
-                                   else p for p in base.parameters.values()])
-
-    def __init__(self, **params):
-        PerSRV.__init__(self, **{**defaults, **params})
-
-    __init__.__signature__ = sig
+    """A registered PerSRV subclass that differs only in parameter defaults (its ``Params`` is
+    PerSRV's declaration with those defaults)."""
     qual = "PerSRV_" + name.removeprefix("persrv-").replace("-", "_")
-    cls = type(qual, (PerSRV,), {"__init__": __init__, "__doc__": doc, "__module__": __name__,
-                                 "__qualname__": qual, "name": name})
+    cls = type(qual, (PerSRV,), {"Params": with_defaults(PerSRV.Params, **defaults),
+                                 "__doc__": doc, "__module__": __name__, "__qualname__": qual,
+                                 "name": name})
     return register(name)(cls)
 
 

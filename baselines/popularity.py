@@ -8,11 +8,12 @@ import numpy as np
 
 from bench.retrieval import Request, Run, TrainView
 
+from bench.params import Configurable, RetrieverParams
 from bench.registry import register
 
 
 @register("popularity")
-class PopularityRetriever:
+class PopularityRetriever(Configurable):
     """Most-clicked stickers in train first, the same list for every request (ties by sticker order).
 
     The score is the sticker's train click count; stickers never clicked follow with score 0,
@@ -21,8 +22,8 @@ class PopularityRetriever:
 
     name = "popularity"
 
-    def __init__(self):
-        pass
+    class Params(RetrieverParams):
+        """No parameters."""
 
     def fit(self, train: TrainView) -> "PopularityRetriever":
         ids = train.stickers["sticker_id"].astype(str).to_numpy(dtype=object)

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from bench.params import Configurable, RetrieverParams
 from bench.registry import register
 from bench.retrieval import Request, Run, TrainView
 
@@ -42,7 +43,7 @@ def popularity_counts(rows: np.ndarray, n_stickers: int) -> np.ndarray:
 
 
 @register("query-lookup")
-class QueryLookupRetriever:
+class QueryLookupRetriever(Configurable):
     """Stickers clicked under the exact query in the fitting clicks (most first), then popularity.
 
     Ranking for a request with query q: the stickers clicked under q, by their clicks under q;
@@ -55,8 +56,8 @@ class QueryLookupRetriever:
 
     name = "query-lookup"
 
-    def __init__(self):
-        pass
+    class Params(RetrieverParams):
+        """No parameters."""
 
     def fit(self, train: TrainView) -> "QueryLookupRetriever":
         ids, rows = sticker_rows(train)

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from baselines.query_lookup import QueryLookupRetriever, popularity_counts, sticker_rows
+from bench.params import Configurable, RetrieverParams
 from bench.registry import register
 from bench.retrieval import Request, Run, TrainView
 
 
 @register("user-history")
-class UserHistoryRetriever:
+class UserHistoryRetriever(Configurable):
     """The user's own clicked stickers by the user's click count, then ``query-lookup``.
 
     Ranking for a request of user u with query q: the stickers u clicked in the fitting clicks,
@@ -31,8 +32,8 @@ class UserHistoryRetriever:
 
     name = "user-history"
 
-    def __init__(self):
-        pass
+    class Params(RetrieverParams):
+        """No parameters."""
 
     def fit(self, train: TrainView) -> "UserHistoryRetriever":
         self.lookup_ = QueryLookupRetriever().fit(train)

@@ -1,6 +1,10 @@
 """Experiment configs: YAML -> validated pydantic models, with ``-o key=value`` overrides.
 
 An unknown key or a wrong type is a :class:`ConfigError` that names the key (``retrievers.1.parms``).
+:func:`load_config` checks the whole config before any dataset, feature or index work: the YAML
+itself (duplicate keys and nesting deeper than :data:`MAX_YAML_DEPTH` are refused), names and
+labels (:func:`check_name`), seeds, ``baseline``, and every retriever's parameters against its
+declaration (:func:`check_retrievers`, :mod:`bench.params`).
 """
 
 from __future__ import annotations
@@ -10,10 +14,37 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
 
 from bench.errors import ConfigError, closest
 from bench.features.config import FeaturesConfig, is_union_tag
+from bench.yaml_load import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, load_yaml, safe_yaml_load  # noqa: F401
+
+
+#: Longest run name, retriever label or experiment name (each becomes a folder / MLflow name).
+MAX_NAME_LENGTH = 100
+#: Characters a name may hold besides letters and digits (any script): safe in a file name and
+#: on a terminal (no separators, spaces, quotes, control or bidi characters).
+NAME_PUNCTUATION = "._-+=@"
+
+
+def check_name(text: str, what: str) -> str:
+    """``text`` if it is usable as one folder name and prints as itself on a terminal; else a
+    ValueError saying what is allowed."""
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise ValueError(f"{what} {text!r} cannot be used as a folder name (no '/', '\\', "
+                         "'..' or empty names)")
+    if len(text) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} {text[:40]!r}... is {len(text)} characters long "
+                         f"(at most {MAX_NAME_LENGTH})")
+    bad = next((c for c in text if not (c.isalnum() or c in NAME_PUNCTUATION)), None)
+    if bad is not None or text[0] in ".-":
+        shown = repr(bad) if bad is not None else repr(text[0]) + " first"
+        raise ValueError(f"{what} {text!r} cannot be used as a folder name: character {shown} "
+                         f"(use letters, digits and {' '.join(NAME_PUNCTUATION)}; not starting "
+                         "with '.' or '-')")
+    return text
 
 
 class _Strict(BaseModel):
@@ -42,10 +73,12 @@ class SplitSpec(_Strict):
 
 class ProtocolSpec(_Strict):
     """How requests are made (DESIGN §3): ``simulated-users`` (the dataset's clicks, split by
-    ``split:``) or ``leave-one-query-out`` (one seeded human query per sticker is the test)."""
+    ``split:``), ``leave-one-query-out`` (one seeded human query per sticker is the test) or
+    ``user-split`` (real users split 70/15/15; an example is a history plus a query whose
+    target is not in it: :func:`bench.data.protocols.user_split`)."""
 
-    name: Literal["simulated-users", "leave-one-query-out"] = "simulated-users"
-    seed: int = 0
+    name: Literal["simulated-users", "leave-one-query-out", "user-split"] = "simulated-users"
+    seed: int = Field(0, ge=0)
     min_queries: int = Field(2, ge=2)
     validation: bool = Field(False, description="leave-one-query-out: hold out a second query")
     queries_column: str | None = Field(None, description="default: gt_queries, gt_raw_queries")
@@ -56,9 +89,23 @@ class RetrieverSpec(_Strict):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str | None) -> str | None:
+        return None if label is None else check_name(label, "label")
+
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+class EvaluationSpec(_Strict):
+    """How every retriever's list is judged (:mod:`bench.listing`): ``fill: popularity`` appends
+    the fitting clicks' popularity order to every list up to the largest k (the same for every
+    retriever); ``none`` scores lists as returned. Coverage, tie-aware and as-returned values are
+    reported either way."""
+
+    fill: Literal["popularity", "none"] = "popularity"
 
 
 class TrackingSpec(_Strict):
@@ -76,6 +123,9 @@ class ExperimentConfig(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     retrievers: list[RetrieverSpec]
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    plugins: list[str] = Field(default_factory=list, description="folders of one-file retriever "
+                               "plugins (relative to this config), as $PERSRV_BENCH_PLUGINS")
     eval_split: Literal["test", "validation"] = "test"
     batch_size: int = Field(2048, ge=1)
     output_dir: str = "persrv-runs"
@@ -92,9 +142,42 @@ class ExperimentConfig(_Strict):
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(ks))
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name, "name")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        if seed < 0:
+            raise ValueError("a seed is an integer >= 0")
+        return seed
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or any(s < 0 for s in seeds)):
+            raise ValueError("seeds is a non-empty list of integers >= 0")
+        return seeds
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_is_a_label(cls, baseline: str | None, info: ValidationInfo) -> str | None:
+        if baseline is None or "retrievers" not in info.data:
+            return baseline  # (a bad retrievers list is reported on its own)
+        labels = [spec.display for spec in info.data["retrievers"]]
+        if baseline not in labels:
+            close = closest(baseline, labels)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise ValueError(f"not a retriever label{hint}; labels: {', '.join(labels)}")
+        return baseline
+
     @field_validator("retrievers")
     @classmethod
     def _unique_labels(cls, specs: list[RetrieverSpec]) -> list[RetrieverSpec]:
+        if not specs:
+            raise ValueError("name at least one retriever (persrv-bench retrievers lists them)")
         seen: set[str] = set()
         for spec in specs:
             if spec.display in seen:
@@ -167,7 +250,8 @@ def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
             else:
                 got = repr(err.get("input"))
                 got = got if len(got) <= 80 else got[:77] + "..."
-                lines.append(f"{loc!r}: {err['msg']} (got {got})")
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                lines.append(f"{loc!r}: {msg} (got {got})")
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
@@ -180,7 +264,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = load_yaml(value, f"override {key.strip()!r}") if value != "" else ""
     except yaml.YAMLError:
         parsed = value
     return key.strip().split("."), parsed
@@ -221,30 +305,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-#: Bounds on a config file: its size, and how many YAML aliases (``*name``) it may use — a
-#: 480-byte "billion laughs" file expands to gigabytes when validated.
-MAX_CONFIG_BYTES = 1_000_000
-MAX_YAML_ALIASES = 200
-
-
-def safe_yaml_load(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with the bounds above (a :class:`ConfigError` names the file)."""
-    import yaml
-    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1000} kB; is this a "
-                          "config file?")
-    try:
-        aliases = sum(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text,
-                                                                           Loader=yaml.SafeLoader))
-        if aliases > MAX_YAML_ALIASES:
-            raise ConfigError(f"{source}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
-                              "refusing a config that could expand without bound")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{source}: not valid YAML ({first[:200]})") from None
-
-
 def read_yaml_config(path: str | Path, overrides: list[str] | None = None) -> Any:
     """A YAML config file as raw data, with ``-o key=value`` overrides applied to a mapping."""
     p = Path(path)
@@ -265,11 +325,31 @@ def read_yaml_config(path: str | Path, overrides: list[str] | None = None) -> An
     return raw
 
 
+def check_retrievers(cfg: ExperimentConfig, source: str = "config") -> None:
+    """Every retriever's name and parameters against its declaration (:mod:`bench.params`):
+    one-line :class:`ConfigError` naming ``retrievers.<i>``, the key, the value and what is
+    allowed. Construction is cheap (DESIGN §5): nothing is fitted or loaded."""
+    from bench.errors import BenchError
+    from bench.registry import make_retriever
+    for i, spec in enumerate(cfg.retrievers):
+        try:
+            make_retriever(spec.name, spec.params)
+        except BenchError as exc:
+            raise type(exc)(f"{source}: retrievers.{i} ({spec.display}): {exc}") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply overrides, validate."""
+    """Read a YAML experiment config, apply overrides, validate all of it (retriever
+    parameters included) before any work."""
     p = Path(path)
     cfg = validate_config(read_yaml_config(p, overrides), source=str(p))
     cfg_dir = p.resolve().parent
+    if cfg.plugins:  # plugin folders (relative: to the config's folder) before names are checked
+        from bench.registry import load_plugins
+        cfg.plugins = [str((cfg_dir / d).resolve()) if not Path(d).is_absolute() else d
+                       for d in cfg.plugins]
+        load_plugins(cfg.plugins)
+    check_retrievers(cfg, source=str(p))
     ds = cfg.dataset
     for attr in ("path", "source"):
         value = getattr(ds, attr)

@@ -20,7 +20,7 @@ without run lines score 0 (counted as ``n_without_run``).
 from __future__ import annotations
 
 import logging
-import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -69,15 +69,20 @@ def _fields(path: Path, lineno: int, line: str, names: tuple[str, ...]) -> list[
     return parts
 
 
+#: What a number in a TREC file may look like: ASCII digits, optional sign, decimal point and
+#: exponent (``12``, ``-0.5``, ``1e-3``), or an ASCII infinity for a score. Python's own
+#: ``float()``/``int()`` also take ``1_000``, full-width digits and ``nan``: refused here.
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z|"
+                       r"[+-]?(?i:inf|infinity)\Z")
+
+
 def _number(path: Path, lineno: int, value: str, field: str, kind: type) -> float:
-    try:
-        out = kind(value)
-    except ValueError:
-        raise _line_error(path, lineno, f"expected {'an integer' if kind is int else 'a number'}, "
-                          f"got {value!r}", field) from None
-    if isinstance(out, float) and math.isnan(out):
-        raise _line_error(path, lineno, "score is NaN", field)
-    return out
+    pattern = _INT_RE if kind is int else _FLOAT_RE
+    if not pattern.match(value):
+        raise _line_error(path, lineno, f"expected {'an integer' if kind is int else 'a number'}"
+                          f" (ASCII digits), got {value!r}", field)
+    return kind(value)
 
 
 def read_trec_run(path: str | Path) -> dict[str, list[str]]:

@@ -40,13 +40,44 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def _short_list(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 6 else \
+        f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)} in all)"
+
+
+def make_run_folder(parent: Path, name: str) -> Path:
+    """A new, empty run folder ``parent/<name>-<YYYYmmdd-HHMMSS>-<6 hex>``, created exclusively
+    (``mkdir(exist_ok=False)``; a collision draws another suffix), so two runs of the same name
+    started in the same second never share a folder."""
+    import secrets
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = parent / f"{name}-{_timestamp()}-{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(exist_ok=False)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name under {parent} after 100 tries")
+
+
 def safe_name(text: str, what: str) -> str:
-    """``text`` as one path component (a run name or a retriever label); ``..``, separators and
-    absolute paths are refused so nothing is written outside ``output_dir``."""
+    """``text`` as one path component (a run name or a retriever label); ``..``, separators,
+    control characters and absolute paths are refused so nothing is written outside
+    ``output_dir`` and nothing printed can move the cursor or forge a line."""
     from bench.errors import ConfigError
-    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise ConfigError(f"{what} {text!r} cannot be used as a folder name (no '/', '\\', "
-                          "'..' or empty names)")
+    from bench.secrets import safe_text
+    if not text or text in (".", "..") or "/" in text or "\\" in text or safe_text(text) != text:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be used as a folder name (no '/', "
+                          "'\\', '..', control characters or empty names)")
+    import sys
+    encoding = sys.getfilesystemencoding()
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {safe_text(text)!r} cannot be a folder name in the file-system "
+                          f"encoding {encoding} (from the locale): use a UTF-8 locale "
+                          "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or an ASCII name") from None
     return text
 
 
@@ -59,10 +90,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
 
     from bench.data.format import write_json_atomic
     from bench.evaluate import write_qrels, write_users
-    from bench.tracking import mask_credentials
-    resolved = cfg.model_dump(mode="json")
-    if resolved.get("tracking", {}).get("uri"):
-        resolved["tracking"]["uri"] = mask_credentials(resolved["tracking"]["uri"])
+    from bench.secrets import mask_tree
+    resolved = mask_tree(cfg.model_dump(mode="json"))  # URLs and secret-named params: ***
     (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
                                                        allow_unicode=True), encoding="utf-8")
     qids = requests.qids
@@ -74,7 +103,8 @@ def write_inputs(cfg: ExperimentConfig, folder: Path, ds, requests, view, labels
     sample = runner.history_sample(view, ds)
     if sample is not None:
         sample.to_parquet(folder / "history_sample.parquet", index=False)
-    data_report = {"dataset_skipped": dict(ds.skipped), "split": split_report,
+    data_report = {"dataset": {"name": str(ds.name), "fingerprint": str(ds.fingerprint)},
+                   "dataset_skipped": dict(ds.skipped), "split": split_report,
                    "features": {k: (feature_report or {})[k] for k in FEATURE_REPORT_PARAMS
                                 if k in (feature_report or {})}}
     write_json_atomic(folder / "data_report.json",
@@ -91,6 +121,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     from bench.tracking import check_reachable, resolve_tracking_uri
     from bench.tracking.benchmark import BenchmarkLog
 
+    from bench.secrets import register_tree
+    register_tree(cfg.model_dump(mode="json"))  # secret-named params are masked in every output
     runner.check_config(cfg)  # before any expensive work
     safe_name(cfg.name, "name")
     for spec in cfg.retrievers:
@@ -99,13 +131,18 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
     if uri:
         check_reachable(uri)  # before any expensive work
     ds, splits, requests, view, feature_report = runner.prepare(cfg)  # errors if nothing to do
+    from bench.cutoffs import dropped_ks, effective_ks
+    if dropped_ks(cfg.ks, len(ds.stickers)):  # k over the corpus size: same lists, same values
+        log.warning("ks %s are not computed: with %d stickers they equal k=%d",
+                    _short_list(dropped_ks(cfg.ks, len(ds.stickers))), len(ds.stickers),
+                    effective_ks(cfg.ks, len(ds.stickers))[-1])
+        cfg.ks = effective_ks(cfg.ks, len(ds.stickers))
     experiment = cfg.tracking.experiment or ds.name
-    folder = Path(output_dir or cfg.output_dir) / f"{cfg.name}-{_timestamp()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_run_folder(Path(output_dir or cfg.output_dir), cfg.name)
         write_status(folder, "running")
     except OSError as exc:
-        raise _output_error(exc, folder) from None
+        raise _output_error(exc, Path(output_dir or cfg.output_dir)) from None
     tracking = BenchmarkLog(uri, experiment, folder, echo)
     with terminate_as_interrupt():
         try:
@@ -119,6 +156,8 @@ def run_experiment(cfg: ExperimentConfig, *, tracking_uri: str | None = None,
             raise _output_error(exc, folder) from None
         except BaseException as exc:
             _mark(folder, tracking, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.run_folder = folder  # the CLI's boundary saves the traceback there
             raise
 
 
@@ -131,8 +170,14 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
     data_report = write_inputs(cfg, folder, ds, requests, view, labels, feature_report,
                                split_report)
     resolved = cfg.model_dump(mode="json")
+    test_evaluations = record_evaluation(Path(folder).parent, ds.fingerprint, cfg.eval_split)
+    from bench.tracking import schema
     tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
-                          config_path=config_path, parent_run_id=parent_run_id, params={
+                          config_path=config_path, parent_run_id=parent_run_id,
+                          extra_tags={schema.EVAL_SPLIT: cfg.eval_split,
+                                      schema.FILL: cfg.evaluation.fill,
+                                      schema.TEST_EVALUATIONS: str(test_evaluations)},
+                          params={
                               "config": {k: v for k, v in resolved.items()
                                          if k not in ("retrievers", "tracking")},
                               "retrievers": ",".join(s.display for s in cfg.retrievers),
@@ -147,9 +192,16 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
          f"{len(requests)} {cfg.eval_split} requests from {len(set(requests.users.values()))} users")
     for line in _data_report_lines(data_report):
         echo(f"  {line} (see {folder / 'data_report.json'})")
+    if cfg.eval_split == "test":
+        echo(f"  test split: evaluation {test_evaluations} of dataset {ds.fingerprint} in "
+             f"{Path(folder).parent} (choose settings on validation: eval_split=validation)")
+    for line in split_warnings(ds, splits, cfg):
+        echo(f"  warning: {line}")
     kmax = max(cfg.ks)
 
     one_relevant = getattr(cfg.protocol, "name", "") == "leave-one-query-out"
+
+    from bench.secrets import safe_text
 
     def on_result(result: RetrieverResult) -> None:
         if not result.error:
@@ -157,11 +209,18 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
             hits = (f"  MRR@{kmax}={m[f'mrr_at_{kmax}']:.4f} hit@1={m['recall_at_1']:.4f} "
                     f"hit@{kmax}={m[f'recall_at_{kmax}']:.4f}"
                     if one_relevant and "recall_at_1" in m else "")
-            echo(f"  {result.label:<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}{hits}"
-                 f"  fit {result.fit_seconds:.1f}s  search {result.search_seconds:.1f}s")
+            tie = m.get(f"m_mrr_at_{kmax}_tie_aware")
+            fair = (f" (tie-aware {tie:.4f}, coverage {m['coverage']:.0%})"
+                    if tie is not None and "coverage" in m else "")
+            echo(f"  {safe_text(result.label):<28} M-MRR@{kmax}={m[f'm_mrr_at_{kmax}']:.4f}"
+                 f"{fair}{hits}  fit {result.fit_seconds:.1f}s  search "
+                 f"{result.search_seconds:.1f}s")
         tracking.log_child(result, ds)
 
     outcome.results = runner.run_retrievers(cfg, view, requests, folder, on_result, labels)
+    context = getattr(view, "context", None)
+    if context is not None:  # shared work, timed once: its own stage, not one retriever's
+        tracking.log_parent_metrics(context.stage_seconds())
     outcome.parent_run_id = tracking.parent  # None once tracking was lost
     md = write_tables(cfg, folder, outcome, ds)
     if cfg.report:
@@ -178,6 +237,55 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
     return outcome
 
 
+#: The ledger of evaluations per dataset fingerprint, in the output folder.
+LEDGER = "evaluations.json"
+
+
+def record_evaluation(root: Path, fingerprint: str, split: str) -> int:
+    """Count this evaluation in ``root/evaluations.json`` (per dataset fingerprint and split,
+    under a file lock); returns how many evaluations of ``split`` the fingerprint has had,
+    this one included."""
+    import json
+
+    from filelock import FileLock
+
+    from bench.data.format import write_json_atomic
+    path = root / LEDGER
+    with FileLock(str(path) + ".lock", timeout=60):
+        try:
+            ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except (OSError, ValueError):
+            ledger = {}
+        counts = ledger.setdefault(str(fingerprint), {})
+        counts[split] = int(counts.get(split, 0)) + 1
+        write_json_atomic(path, ledger)
+    return counts[split]
+
+
+def evaluations_of(root: Path, fingerprint: str) -> dict[str, int]:
+    """Evaluations per split recorded for a dataset fingerprint under ``root`` ({} if none)."""
+    import json
+    try:
+        return dict(json.loads((root / LEDGER).read_text(encoding="utf-8")).get(fingerprint, {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def split_warnings(ds, splits, cfg: ExperimentConfig) -> list[str]:
+    """On real logs (no simulator), a ``per_user`` split lets other users' later clicks into the
+    history: say how many evaluation requests see their own (query, sticker) pair only from
+    clicks made after the request."""
+    if ds.meta.get("simulator") or getattr(cfg.protocol, "name", "") != "simulated-users" \
+            or cfg.split.mode != "per_user":
+        return []
+    n = splits.future_pairs(cfg.eval_split)
+    if not n:
+        return []
+    return [f"split.mode per_user on real users: {n} {cfg.eval_split} requests find their "
+            "(query, sticker) pair in the history only in other users' LATER clicks; use "
+            "split.mode: global_time for a time-respecting evaluation"]
+
+
 def _output_error(exc: OSError, folder: Path):
     from bench.errors import BenchError
     where = exc.filename or folder
@@ -188,7 +296,8 @@ def _output_error(exc: OSError, folder: Path):
 def _mark(folder: Path, tracking, state: str, mlflow_status: str, why: str) -> None:
     """Best effort: the folder's status.json and the parent run say how the run ended."""
     try:
-        write_status(folder, state, error=why[:2000])
+        from bench.secrets import mask_credentials
+        write_status(folder, state, error=mask_credentials(why)[:2000])
     except OSError:
         pass
     tracking.abort(mlflow_status)

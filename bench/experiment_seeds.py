@@ -10,7 +10,6 @@ over users of the primary metric.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +62,7 @@ def seeds_table(outcomes: list[Any], seeds: list[int], ks: list[int]):
                                                                           "ndcg")]
     primary = f"m_mrr_at_{kmax}"
     rows = []
+    floor, deltas = seed_floor_deltas(outcomes, seeds, primary)
     labels = [r.label for r in outcomes[0].results]
     for label in labels:
         row: dict[str, Any] = {"retriever": label}
@@ -77,8 +77,46 @@ def seeds_table(outcomes: list[Any], seeds: list[int], ks: list[int]):
             if r is not None and not r.error and r.folder is not None:
                 lo, hi = user_ci(Path(r.folder) / "per_request.parquet", primary, seed)
                 row[f"ci_seed{seed}"] = f"[{lo:.3f}, {hi:.3f}]"
+        d = deltas.get(label)
+        row["best_floor"] = floor or ""
+        if d is not None:
+            row["delta_floor_seeds"] = ", ".join(f"{v:+.4f}" for v in d["per_seed"].values())
+            row["delta_floor"] = f"{d['delta']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def seed_floor_deltas(outcomes: list[Any], seeds: list[int], metric: str, n_boot: int = 2000
+                      ) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """Per retriever, Δ ``metric`` vs the best floor baseline (the floor with the highest mean
+    over seeds) in every seed (paired over that seed's users) and combined: the mean of the
+    per-seed Δs with a 95% bootstrap CI that resamples users within each seed (stratified)."""
+    import numpy as np
+
+    from bench.report.stats import FLOOR_BASELINES, user_means
+    names = {r.label: r.name for o in outcomes for r in o.results}
+    users: list[dict[str, Any]] = []
+    for o in outcomes:
+        users.append({r.label: user_means(r.per_request, [metric])[metric] for r in o.results
+                      if not r.error and getattr(r, "per_request", None) is not None})
+    floors = [lb for lb in dict.fromkeys(names) if names[lb] in FLOOR_BASELINES
+              and all(lb in u for u in users)]
+    if not floors:
+        return None, {}
+    floor = max(floors, key=lambda lb: (np.mean([u[lb].mean() for u in users]), lb))
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {}
+    for lb in names:
+        if lb == floor or not all(lb in u for u in users):
+            continue
+        diffs = [(u[lb] - u[floor]).dropna().to_numpy(dtype=float) for u in users]
+        per_seed = [float(d.mean()) for d in diffs]
+        boots = np.mean([d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+                         for d in diffs], axis=0)
+        lo, hi = np.percentile(boots, [2.5, 97.5])
+        out[lb] = {"per_seed": dict(zip(seeds, per_seed)), "delta": float(np.mean(per_seed)),
+                   "low": float(lo), "high": float(hi)}
+    return floor, out
 
 
 def format_seeds_table(table, ks: list[int], seeds: list[int]) -> str:
@@ -87,12 +125,19 @@ def format_seeds_table(table, ks: list[int], seeds: list[int]) -> str:
     metrics = [f"m_mrr_at_{k}" for k in ks] + [f"{m}_at_{kmax}" for m in ("mrr", "recall",
                                                                           "ndcg")]
     ci_cols = [f"ci_seed{s}" for s in seeds if f"ci_seed{s}" in table.columns]
+    floor = str(table["best_floor"].iloc[0]) if "best_floor" in table.columns and len(table) \
+        else ""
+    delta_cols = ["delta_floor_seeds", "delta_floor"] if floor and \
+        "delta_floor" in table.columns else []
     head = "| retriever | " + " | ".join(metrics) + " | " + \
-        " | ".join(f"seed {c[7:]}: 95% CI m_mrr_at_{kmax}" for c in ci_cols) + " |"
-    lines = [head, "|---|" + "---:|" * (len(metrics) + len(ci_cols))]
+        " | ".join(f"seed {c[7:]}: 95% CI m_mrr_at_{kmax}" for c in ci_cols) + \
+        "".join([f" | Δ m_mrr_at_{kmax} vs {floor} per seed",
+                 " | Δ combined [95% CI]"] if delta_cols else []) + " |"
+    lines = [head, "|---|" + "---:|" * (len(metrics) + len(ci_cols) + len(delta_cols))]
     for _, row in table.iterrows():
         cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_sd']:.4f}" for m in metrics]
         cells += [str(row.get(c, "")) for c in ci_cols]
+        cells += ["" if not isinstance(row.get(c), str) else row[c] for c in delta_cols]
         lines.append(f"| {row['retriever']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,8 +152,8 @@ def run_seeds(cfg: ExperimentConfig, seeds: list[int], *, tracking_uri: str | No
     safe_name(cfg.name, "name")
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     root = Path(output_dir or cfg.output_dir)
-    folder = root / f"{cfg.name}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
+    from bench.experiment import make_run_folder
+    folder = make_run_folder(root, f"{cfg.name}-seeds")
     group = SeedGroup(folder=folder, seeds=seeds)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
     tracker = safe_tracker(uri, echo) if uri else None

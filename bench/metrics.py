@@ -170,3 +170,90 @@ def evaluate_run(run: "Run", requests: "Requests", ks: Iterable[int] = DEFAULT_K
     df = per_request(rankings, relevant, users, ks)
     df.insert(2, "query", [r.query for r in requests.requests])
     return df, aggregate(df, "macro"), aggregate(df, "micro")
+
+
+# ------------------------------------------------------------------------------ tie-aware values
+
+TIE_AWARE = "_tie_aware"
+AS_RETURNED = "_as_returned"
+
+
+def _tie_aware_one(groups: Sequence[tuple[int, int, int]], n_rel: int,
+                   ks: tuple[int, ...]) -> dict[tuple[str, int], float]:
+    """Expected metric values of one ranking under a uniformly random order inside each tie
+    group (McSherry & Najork, ECIR 2008). ``groups``: (first 1-based position, size, relevant
+    members) in rank order. Linear metrics (M-MRR, Recall, DCG) take r/n of the positions a group
+    spans; MRR the expected reciprocal rank of the first relevant member."""
+    out: dict[tuple[str, int], float] = {}
+    if n_rel == 0:
+        return {(m, k): 0.0 for m in METRICS for k in ks}
+    for k in ks:
+        mmrr = rec = dcg = 0.0
+        for start, size, r in groups:
+            if r == 0 or start > k:
+                continue
+            end = min(start + size - 1, k)
+            share = r / size
+            pos = np.arange(start, end + 1, dtype=np.float64)
+            mmrr += share * float(np.sum(1.0 / pos))
+            rec += share * (end - start + 1)
+            dcg += share * float(np.sum(1.0 / np.log2(pos + 1.0)))
+        ideal = float(np.sum(1.0 / np.log2(np.arange(2, min(n_rel, k) + 2.0))))
+        out[("m_mrr", k)] = mmrr
+        out[("recall", k)] = rec / n_rel
+        out[("ndcg", k)] = dcg / ideal if ideal > 0 else 0.0
+        rr = 0.0
+        for start, size, r in groups:
+            if start > k:
+                break
+            if r == 0:
+                continue
+            none_yet = 1.0  # P(no relevant member in the group's first j-1 places)
+            for j in range(1, min(size, k - start + 1) + 1):
+                rr += none_yet * r / (size - j + 1) / (start + j - 1)
+                none_yet *= (size - j + 1 - r) / (size - j + 1)
+                if none_yet <= 0:
+                    break
+            break  # the first group holding a relevant sticker decides MRR
+        out[("mrr", k)] = rr
+    return out
+
+
+def tie_groups(ids: Sequence[str], groups: Sequence[int], relevant: set[str],
+               tail_size: int | None = None, tail_ids=None) -> list[tuple[int, int, int]]:
+    """(first position, size, relevant members) per tie group of a final list
+    (:class:`bench.listing.FinalList`); the last group takes its full size when it is a fill
+    group cut at depth."""
+    out: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or groups[i] != groups[start]:
+            members = ids[start:i]
+            out.append((start + 1, len(members), sum(1 for s in members if s in relevant)))
+            start = i
+    if out and tail_size is not None:
+        first, _, _ = out[-1]
+        out[-1] = (first, int(tail_size), sum(1 for s in tail_ids if s in relevant))
+    return out
+
+
+def per_request_tie_aware(lists: Mapping[Hashable, object], relevant: Mapping[Hashable, Iterable[str]],
+                          ks: Iterable[int] = DEFAULT_KS) -> tuple[pd.DataFrame, np.ndarray]:
+    """Tie-aware metric values per request, one row per key of ``relevant`` (in its order):
+    columns ``<metric>_at_<k>_tie_aware``; and per request whether a tie straddles a relevant
+    sticker (a group within the top max(k) holding relevant and non-relevant members).
+    ``lists``: qid -> :class:`bench.listing.FinalList` (missing: empty)."""
+    ks = _check_ks(ks)
+    kmax = ks[-1]
+    cols: dict[str, list[float]] = {metric_name(m, k) + TIE_AWARE: [] for m in METRICS for k in ks}
+    straddle = []
+    for qid, rel in relevant.items():
+        rel = rel if isinstance(rel, (set, frozenset)) else set(rel)
+        fl = lists.get(qid)
+        groups = tie_groups(fl.ids, fl.groups, rel, fl.tail_size, fl.tail_ids) if fl else []
+        values = _tie_aware_one(groups, len(rel), ks)
+        for m in METRICS:
+            for k in ks:
+                cols[metric_name(m, k) + TIE_AWARE].append(values[(m, k)])
+        straddle.append(any(0 < r < size and start <= kmax for start, size, r in groups))
+    return pd.DataFrame(cols), np.asarray(straddle, dtype=bool)

@@ -20,13 +20,21 @@ validation before any work (types are strict: ``"0.5"`` is not a float, ``2.5`` 
 - ``"search"``: only changes how a fitted retriever answers; the fitted state is reused;
 - ``"fit"`` (default): the retriever must be fitted again.
 
-Retrievers may refine ``with_params`` (PerSRV keeps its index when only boosts change), but the
-group a parameter belongs to is always read from its declaration.
+A retriever whose fit has parts may name finer groups in ``Params.REFIT_GROUPS`` (PerSRV:
+``index``, ``boosts``, ``recall``, ``utility``, ``clusters``, ``threads``) and refine
+``with_params`` to refit only those parts, but the group a parameter belongs to is always read
+from its declaration (:meth:`RetrieverParams.in_group`), never from a hand-kept list.
+
+``with_params`` is part of the declared interface (:func:`supports_with_params`): on a fitted
+retriever it returns a fitted copy (refitted on the same :class:`~bench.retrieval.TrainView`
+when a non-``search`` parameter changed), so ``r.with_params(p=v)`` ranks exactly as a fresh
+``fit`` with ``p=v`` (``tests/test_params.py`` checks every parameter of every retriever).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -41,8 +49,9 @@ def param(default: Any, *, refit: str = "fit", description: str | None = None,
           **constraints: Any) -> Any:
     """A declared parameter: its default, the refit group a change needs (:data:`REFIT_GROUPS`),
     a one-line description and pydantic constraints (``ge``, ``gt``, ``le``, ``lt``, ...)."""
-    if refit not in REFIT_GROUPS:
-        raise ValueError(f"refit must be one of {', '.join(REFIT_GROUPS)}, got {refit!r}")
+    if not isinstance(refit, str) or not refit.isidentifier():
+        raise ValueError(f"refit must be a group name such as {', '.join(REFIT_GROUPS)}, "
+                         f"got {refit!r}")
     return Field(default, description=description, json_schema_extra={"refit": refit},
                  **constraints)
 
@@ -53,6 +62,24 @@ class RetrieverParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
                               validate_default=True)
+
+    #: The refit groups this retriever's parameters may name (``search`` and ``fit`` always).
+    REFIT_GROUPS: ClassVar[tuple[str, ...]] = REFIT_GROUPS
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        allowed = set(cls.REFIT_GROUPS) | set(REFIT_GROUPS)
+        for name in cls.model_fields:
+            group = cls.refit_group(name)
+            if group not in allowed:
+                raise TypeError(f"{cls.__qualname__}.{name}: refit group {group!r} is not in "
+                                f"REFIT_GROUPS ({', '.join(sorted(allowed))})")
+
+    @classmethod
+    def in_group(cls, group: str) -> frozenset[str]:
+        """The names of the parameters declared in refit ``group``."""
+        return frozenset(n for n in cls.model_fields if cls.refit_group(n) == group)
 
     @classmethod
     def refit_group(cls, name: str) -> str:
@@ -68,18 +95,28 @@ class RetrieverParams(BaseModel):
         return {n: f.get_default(call_default_factory=True) for n, f in cls.model_fields.items()}
 
 
+def _shown(value: Any) -> str:
+    shown = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _one_line(retriever: str, exc: ValidationError) -> str:
-    parts = []
+    """One line naming each bad parameter, its value and what is allowed; a union's branches
+    (``list[str] | str``) are folded into one entry."""
+    by_name: dict[str, list[dict]] = {}
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "params"
-        value = err.get("input")
-        msg = err.get("msg", "invalid")
+        loc = err.get("loc", ())
+        by_name.setdefault(str(loc[0]) if loc else "params", []).append(err)
+    parts = []
+    for name, errs in by_name.items():
+        err = errs[0]
         if err.get("type") == "extra_forbidden":
-            parts.append(f"no parameter {loc!r}")
+            parts.append(f"no parameter {name!r}")
+        elif len(errs) > 1 and all(len(e.get("loc", ())) > 1 for e in errs):
+            kinds = " or ".join(str(e["loc"][1]) for e in errs)
+            parts.append(f"{name}={_shown(err.get('input'))}: expected {kinds}")
         else:
-            shown = repr(value) if not isinstance(value, float) or math.isfinite(value) \
-                else str(value)
-            parts.append(f"{loc}={shown[:60]}: {msg}")
+            parts.append(f"{name}={_shown(err.get('input'))}: {err.get('msg', 'invalid')}")
     return f"retriever {retriever!r}: " + "; ".join(parts)
 
 
@@ -101,12 +138,45 @@ def validate_params(cls: type, params: dict[str, Any]) -> RetrieverParams:
         raise ConfigError(_one_line(name, exc)) from None
 
 
+def with_defaults(params: type[RetrieverParams], **defaults: Any) -> type[RetrieverParams]:
+    """A subclass of ``params`` whose listed parameters have other defaults (type, constraints,
+    refit group and description kept): presets such as PerSRV's ablations."""
+    from pydantic import create_model
+    unknown = [k for k in defaults if k not in params.model_fields]
+    if unknown:
+        raise TypeError(f"{params.__qualname__} has no parameter(s) {', '.join(unknown)}")
+    fields = {}
+    for name, value in defaults.items():
+        info = copy.copy(params.model_fields[name])
+        info.default = value
+        fields[name] = (params.model_fields[name].annotation, info)
+    return create_model(params.__name__, __base__=params, __module__=params.__module__,
+                        **fields)
+
+
+def _remember_view(fit):
+    """Wrap a retriever's ``fit`` so that ``with_params`` can refit on the same view."""
+    @functools.wraps(fit)
+    def wrapper(self, train, *args, **kwargs):
+        out = fit(self, train, *args, **kwargs)
+        self._fit_view = train
+        return out
+    wrapper._remembers_view = True
+    return wrapper
+
+
 class Configurable:
     """Mixin giving a retriever its constructor, ``get_params`` and a generic ``with_params``
     from its declared ``Params``."""
 
     Params: ClassVar[type[RetrieverParams]] = RetrieverParams
     name: ClassVar[str] = "retriever"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "_remembers_view", False):
+            cls.fit = _remember_view(fit)
 
     def __init__(self, **params: Any):
         self._set_params(validate_params(type(self), params))
@@ -122,20 +192,42 @@ class Configurable:
     def is_fitted(self) -> bool:
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
 
-    def with_params(self, **changes: Any) -> "Configurable":
-        """A copy with ``changes`` applied. When every changed parameter is in the ``search``
-        group the fitted state is shared; otherwise the copy is unfitted (call ``fit``)."""
-        merged = {**self.params.model_dump(), **changes}
-        validated = validate_params(type(self), merged)
+    def changed_params(self, changes: dict[str, Any]) -> tuple[RetrieverParams, set[str]]:
+        """(the validated parameters with ``changes`` applied, the names whose value differs)."""
+        validated = validate_params(type(self), {**self.params.model_dump(), **changes})
         changed = {k for k in changes if getattr(self.params, k) != getattr(validated, k)}
+        return validated, changed
+
+    def fitted_view(self):
+        """The :class:`~bench.retrieval.TrainView` of the last ``fit`` (None before fit)."""
+        return self.__dict__.get("_fit_view")
+
+    def with_params(self, **changes: Any) -> "Configurable":
+        """A copy with ``changes`` applied, fitted when this one is. When every changed
+        parameter is in the ``search`` group the fitted state is shared; otherwise the copy is
+        fitted again on the same view (an unfitted retriever gives an unfitted copy)."""
+        validated, changed = self.changed_params(changes)
         if not changed:
             return self
         if all(self.Params.refit_group(k) == "search" for k in changed):
             new = copy.copy(self)
             new._set_params(validated)
             return new
-        return type(self)(**validated.model_dump())
+        new = type(self)(**validated.model_dump())
+        view = self.fitted_view()
+        if view is None and self.is_fitted():
+            raise RuntimeError(f"{self.name}: fitted without remembering its view (fit replaced "
+                               "after the class was made?); fit the copy yourself")
+        return new.fit(view) if view is not None else new
 
     def needs_fit_after(self, changes: dict[str, Any]) -> bool:
         """True when changing ``changes`` needs a new ``fit`` (any non-``search`` parameter)."""
         return any(self.Params.refit_group(k) != "search" for k in changes)
+
+
+def supports_with_params(retriever: Any) -> bool:
+    """True when a retriever (class or instance) declares its parameters (:class:`Configurable`)
+    and so ``with_params`` — a sweep may fit it once and derive each trial from it. Older
+    plugins (parameters only in the constructor) are constructed and fitted per trial."""
+    cls = retriever if isinstance(retriever, type) else type(retriever)
+    return issubclass(cls, Configurable) and cls.Params is not RetrieverParams

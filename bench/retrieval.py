@@ -32,7 +32,9 @@ class TrainView:
     ``keywords`` as sticker columns, image embeddings as ``embeddings`` (float32, one row per
     sticker, in ``stickers`` order; None when no encoder ran). ``root`` is the dataset directory
     (image paths are relative to it); ``cache`` the feature cache, for retrievers that cache
-    their own work (dense-text embeddings).
+    their own work (dense-text embeddings); ``context`` the run's shared in-memory work
+    (:class:`bench.run_context.RunContext`: tokenized fields, loaded encoders), None = nothing
+    shared.
     """
 
     stickers: "pd.DataFrame"
@@ -42,6 +44,7 @@ class TrainView:
     embeddings: Any = None
     cache: Any = None
     seed: int = 0
+    context: Any = None
 
     @property
     def sticker_ids(self) -> list[str]:
@@ -50,14 +53,18 @@ class TrainView:
 
 def leak_safe_view(stickers: "pd.DataFrame", clicks: "pd.DataFrame", *, meta: dict | None = None,
                    root: Path | None = None, embeddings: Any = None, cache: Any = None,
-                   seed: int = 0) -> TrainView:
+                   seed: int = 0, context: Any = None) -> TrainView:
     """The one place a :class:`TrainView` is built for a retriever (DESIGN §3): ground-truth
     ``gt_*`` columns are dropped from the corpus, and ``clicks`` must already be the fitting
-    history of the split being evaluated (``Splits.history_for``). Used by run, sweep and perf."""
+    history of the split being evaluated (``Splits.history_for``). Used by run, sweep and perf.
+    ``context``: the run's :class:`~bench.run_context.RunContext` (a new one when None)."""
+    if context is None:
+        from bench.run_context import RunContext
+        context = RunContext()
     public = stickers[[c for c in stickers.columns if not str(c).startswith("gt_")]]
     clicks = clicks[[c for c in clicks.columns if not str(c).startswith("gt_")]]
     return TrainView(stickers=public, clicks=clicks, meta=dict(meta or {}), root=root,
-                     embeddings=embeddings, cache=cache, seed=seed)
+                     embeddings=embeddings, cache=cache, seed=seed, context=context)
 
 
 class Run:
@@ -103,14 +110,15 @@ class Run:
 
     def save_trec(self, path: str | Path, qids: dict[Request, str] | None = None,
                   tag: str | None = None) -> Path:
-        """Write TREC run format: ``qid Q0 docid rank score tag``."""
+        """Write TREC run format: ``qid Q0 docid rank score tag``; scores at full precision
+        (``repr``), so a tool that re-sorts by score sees no ties the run does not have."""
         path = Path(path)
         tag = (tag or self.name).replace(" ", "_")
         with open(path, "w", encoding="utf-8") as fh:
             for i, (req, ranked) in enumerate(self.results.items()):
                 qid = qids[req] if qids else f"q{i}"
                 for rank, (sid, score) in enumerate(ranked, start=1):
-                    fh.write(f"{qid} Q0 {sid} {rank} {float(score):.6f} {tag}\n")
+                    fh.write(f"{qid} Q0 {sid} {rank} {float(score)!r} {tag}\n")
         return path
 
     def save_parquet(self, path: str | Path, qids: dict[Request, str] | None = None) -> Path:

@@ -36,6 +36,8 @@ class RetrieverResult:
     ended_at: float | None = None     #: wall clock when scoring ended
     fitted: dict[str, Any] = field(default_factory=dict)  #: fitted attributes (``model_id_``, ...)
     segments: dict[str, float] = field(default_factory=dict)  #: ``<metric>_at_<k>__<segment>``
+    diagnostics: dict[str, float] = field(default_factory=dict)  #: ``retriever.diagnostics()``
+    per_request: Any = field(default=None, repr=False)  #: the scored per-request frame (pandas)
 
 
 def prepare(cfg: ExperimentConfig):
@@ -84,13 +86,11 @@ def attach_configured_features(ds, features):
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Fail before any expensive work on what the config alone shows is wrong: an unknown
-    retriever or retriever parameter (construction is cheap, DESIGN §5), a bad features key."""
-    from bench.registry import make_retriever
-    for i, spec in enumerate(cfg.retrievers):
-        try:
-            make_retriever(spec.name, spec.params)
-        except BenchError as exc:
-            raise type(exc)(f"retrievers.{i} ({spec.display}): {exc}") from None
+    retriever, or a retriever parameter its declaration refuses (:func:`bench.config.
+    check_retrievers`, which :func:`bench.config.load_config` already ran for a config file;
+    this covers configs built in code)."""
+    from bench.config import check_retrievers
+    check_retrievers(cfg)
 
 
 #: Keys of the feature report logged with the parent run (what was missing, by reason).
@@ -99,46 +99,86 @@ FEATURE_REPORT_PARAMS = ("ocr", "ocr_missing", "ocr_missing_by_reason", "encoder
 
 
 def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfig, folder: Path,
-                       labels=None):
-    """Fit, search in batches, score (overall and per segment); writes run.trec and
-    per_request.parquet into ``folder``. ``labels``: :func:`bench.segments.label_requests` of
-    these requests (computed here when None)."""
+                       labels=None, fill_order=None):
+    """Fit, search in batches, score (overall and per segment) through the one evaluation loop
+    (:func:`bench.eval_loop.evaluate`); writes run.trec (the final lists, strictly decreasing
+    scores), run.parquet (raw scores, tie groups) and per_request.parquet into ``folder``.
+    ``labels``: :func:`bench.segments.label_requests` of these requests (computed here when
+    None); ``fill_order``: the fitting clicks' popularity order (computed when None)."""
     from tqdm.auto import tqdm
 
-    from bench.metrics import evaluate_run
-    from bench.retrieval import Run, iter_batches
+    from bench.eval_loop import EvalSettings, evaluate, final_run
     from bench.registry import get_params, make_retriever
 
     retriever = make_retriever(spec.name, spec.params)
-    started = time.time()
-    t0 = time.perf_counter()
-    retriever.fit(view)
-    fit_s = time.perf_counter() - t0
-    run = Run(name=spec.display)
-    depth = max(1, min(cfg.depth, len(view.stickers)))  # k is capped by the corpus
-    t0 = time.perf_counter()
-    reqs = requests.requests
-    with tqdm(total=len(reqs), desc=f"search {spec.display}", unit="req", leave=False,
-              disable=None if log.isEnabledFor(logging.INFO) else True) as bar:
-        for batch in iter_batches(reqs, cfg.batch_size):
-            part = retriever.search(list(batch), depth)
-            for req in batch:
-                run[req] = list(part.results.get(req, []))[:depth]
-            bar.update(len(batch))
-    search_s = time.perf_counter() - t0
-    per_request, macro, micro = evaluate_run(run, requests, cfg.ks)
+    settings = EvalSettings.from_config(cfg, len(view.stickers))
+    with tqdm(total=len(requests.requests), desc=f"search {spec.display}", unit="req",
+              leave=False, disable=None if log.isEnabledFor(logging.INFO) else True) as bar:
+        ev = evaluate(retriever, view, requests, settings, fill_order, on_batch=bar.update,
+                      name=spec.display)
+    scored = ev.scored
     from bench.segments import label_requests, segment_metrics
     if labels is None:
         labels = label_requests(requests, view.clicks)
-    segments = segment_metrics(per_request, labels, cfg.ks)
+    segments = segment_metrics(scored.per_request, labels, cfg.ks)
     folder.mkdir(parents=True, exist_ok=True)
     qids = requests.qids
-    run.save_trec(folder / "run.trec", qids=qids, tag=spec.display)
-    per_request.to_parquet(folder / "per_request.parquet", index=False)
+    final_run(scored, spec.display).save_trec(folder / "run.trec", qids=qids, tag=spec.display)
+    write_final_lists(scored, ev.run, qids, folder / "run.parquet")
+    scored.per_request.to_parquet(folder / "per_request.parquet", index=False)
+    coverage_warning(spec.display, scored, settings)
     return RetrieverResult(label=spec.display, name=spec.name, params=get_params(retriever),
-                           macro=macro, micro=micro, fit_seconds=fit_s, search_seconds=search_s,
-                           folder=folder, started_at=started, ended_at=time.time(),
-                           fitted=fitted_attributes(retriever), segments=segments)
+                           macro=scored.macro, micro=scored.micro, fit_seconds=ev.fit_seconds,
+                           search_seconds=ev.search_seconds, folder=folder,
+                           started_at=ev.started_at, ended_at=time.time(),
+                           fitted=fitted_attributes(retriever), segments=segments,
+                           diagnostics=retriever_diagnostics(retriever),
+                           per_request=scored.per_request)
+
+
+#: A retriever whose own list is short of k for more than this share of requests is warned about.
+COVERAGE_WARN_BELOW = 0.5
+
+
+def coverage_warning(label: str, scored, settings) -> None:
+    """One warning line when a retriever's own lists are short for most requests (its scores
+    then depend on ``evaluation.fill``)."""
+    cov = scored.coverage
+    if cov < COVERAGE_WARN_BELOW:
+        empty = float((scored.per_request["own"] == 0).mean())
+        how = ("filled with the popularity order" if settings.fill == "popularity"
+               else "scored as returned (evaluation.fill: none)")
+        log.warning("%s returned fewer than %d stickers for %.0f%% of requests (%.0f%% empty); "
+                    "its lists were %s", label, settings.depth, 100 * (1 - cov), 100 * empty, how)
+
+
+def write_final_lists(scored, raw_run, qids, path: Path) -> None:
+    """run.parquet: per request and rank, the sticker, the retriever's raw score (NaN for fill),
+    its tie group and whether it was filled — what the tie-aware metrics were computed from."""
+    import pandas as pd
+    rows = []
+    for req, fl in scored.final.items():
+        raw = dict(reversed([(str(s), float(v)) for s, v in raw_run.results.get(req, [])]))
+        for rank, (sid, group) in enumerate(zip(fl.ids, fl.groups), start=1):
+            rows.append((qids[req], req.user_id, req.query, rank, sid,
+                         raw.get(sid, float("nan")) if rank <= fl.own else float("nan"),
+                         group, rank > fl.own))
+    pd.DataFrame(rows, columns=["qid", "user_id", "query", "rank", "sticker_id", "score",
+                                "tie_group", "filled"]).to_parquet(path, index=False)
+
+
+def retriever_diagnostics(retriever: Any) -> dict[str, float]:
+    """``retriever.diagnostics()`` when it has one (PerSRV's clustering and re-rank figures),
+    finite numbers only; logged as child metrics ``diag_<key>``."""
+    import math
+    get = getattr(retriever, "diagnostics", None)
+    if not callable(get):
+        return {}
+    out = {}
+    for key, value in (get() or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = float(value)
+    return out
 
 
 def fitted_attributes(retriever: Any) -> dict[str, Any]:
@@ -208,20 +248,39 @@ def run_retrievers(cfg: ExperimentConfig, view, requests, folder: Path,
     """Every configured retriever in turn (outputs under ``folder/retrievers/<label>/``); one
     that fails is recorded with its error (``error.txt``) and the others still run.
     ``on_result(result)`` is called after each one (logging, printing); ``labels``: the
-    requests' segments (:func:`bench.segments.label_requests`, computed here when None)."""
+    requests' segments (:func:`bench.segments.label_requests`, computed here when None). The
+    view's run context (:class:`bench.run_context.RunContext`: work shared between retrievers)
+    is cleared when the last retriever is done; the time it spent is logged as its own stage."""
+    try:
+        return _run_each(cfg, view, requests, folder, on_result, labels)
+    finally:
+        context = getattr(view, "context", None)
+        if context is not None:
+            if context.seconds:
+                log.info("shared work (timed once, inside the first retriever that needed it): %s",
+                         context.stage_seconds())
+            context.clear()
+
+
+def _run_each(cfg: ExperimentConfig, view, requests, folder: Path, on_result,
+              labels) -> list[RetrieverResult]:
     if labels is None:
         from bench.segments import label_requests
         labels = label_requests(requests, view.clicks)
+    from bench.listing import FillOrder
+    fill_order = FillOrder.from_view(view.stickers, view.clicks)  # once for every retriever
     results = []
     for spec in cfg.retrievers:
         sub = folder / "retrievers" / spec.display
         try:
-            result = evaluate_retriever(spec, view, requests, cfg, sub, labels=labels)
+            result = evaluate_retriever(spec, view, requests, cfg, sub, labels=labels,
+                                        fill_order=fill_order)
         except Exception as exc:  # one failing retriever must not lose the others' results
             log.error("retriever %s failed: %s", spec.display, exc)
             sub.mkdir(parents=True, exist_ok=True)
+            from bench.secrets import mask_credentials
             detail = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
-            (sub / "error.txt").write_text(detail + "\n", encoding="utf-8")
+            (sub / "error.txt").write_text(mask_credentials(detail) + "\n", encoding="utf-8")
             result = RetrieverResult(spec.display, spec.name, dict(spec.params), {}, {}, 0.0, 0.0,
                                      folder=sub, error=f"{type(exc).__name__}: {exc}")
         results.append(result)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sys
 import unicodedata
 from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
@@ -76,10 +75,17 @@ def _ranges(codepoints: Iterable[int]) -> str:
                    for a, b in out)
 
 
+#: The Unicode planes holding combining marks (category M): the BMP, the SMP and plane 14's
+#: variation selectors. Scanning these instead of all 1.1M code points makes the first
+#: tokenizer of a process ~6x cheaper; tests check no other plane has a mark.
+MARK_PLANES = (0, 1, 14)
+
+
 @functools.cache
 def _patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]:
-    """(token, has-CJK, CJK-run splitter, single CJK char) patterns; built once (~0.1 s)."""
-    marks = _ranges(c for c in range(sys.maxunicode + 1)
+    """(token, has-CJK, CJK-run splitter, single CJK char) patterns; built once per process
+    (~0.05 s: only the planes that hold combining marks are scanned)."""
+    marks = _ranges(c for p in MARK_PLANES for c in range(p << 16, (p + 1) << 16)
                     if unicodedata.category(chr(c))[0] == "M")
     # Runs of \w, continued across combining marks (\w alone misses them: Devanagari, Thai);
     # \w+ first, as one class holding every mark range scans ~2.5x slower. Then emoji

@@ -3,7 +3,7 @@
 Each row is one way the default ``persrv`` differs from the reference PerSRV code
 (github.com/metildachee/persrv); the measured column is M-MRR@k of ``persrv`` with only that
 parameter switched to the reference's choice, against ``persrv`` itself, on the experiment's
-evaluation split; the last rows are ``persrv-reference`` (all switches at once) and the
+validation split (a table that chooses between designs never reads test); the last rows are ``persrv-reference`` (all switches at once) and the
 differences kept as they are (no parameter: fixed bugs of the reference, or not reproducible).
 
     python benchmarks/fidelity_table.py [experiments/quickstart.yaml] [-o key=value ...] [--k 20]
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.config import RetrieverSpec, load_config
     from bench.runner import evaluate_retriever, prepare
 
-    cfg = load_config(args.config, args.overrides)
+    # a table that chooses between design alternatives is read on validation: test is touched
+    # once, by the final run (docs/ARCHITECTURE.md, 'Fair comparison')
+    cfg = load_config(args.config, ["eval_split=validation", *args.overrides])
     _, _, requests, view, _ = prepare(cfg)
     metric = f"m_mrr_at_{args.k}"
 

@@ -131,3 +131,90 @@ def test_train_view_is_built_in_one_place():
                                                       getattr(node.func, "attr", None)) == "TrainView":
                 builders.append(name)
     assert builders == ["bench.retrieval"], builders
+
+
+# ------------------------------------------------------------------- module-level mutable caches
+
+#: Calls that build a mutable container.
+MUTABLE_FACTORIES = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Counter",
+                     "WeakValueDictionary", "WeakKeyDictionary", "LRUCache"}
+#: Methods that change a container in place.
+MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem",
+            "clear", "remove", "discard", "move_to_end", "appendleft", "put"}
+#: Module-level mutable state that is not a cache of work, with the reason.
+ALLOWED_MODULE_STATE = {
+    ("bench.registry", "_REGISTRY"): "the retriever registry, filled by @register at import",
+    ("bench.data.synthetic_render", "_warned"): "font paths already warned about (warn once "
+                                                "per process), no work is reused",
+    ("bench.registry", "_PLUGIN_DIRS_DONE"): "plugin folders already imported (their modules "
+                                             "are in sys.modules; importing twice re-registers)",
+    ("bench.secrets", "_secrets"): "the secrets seen this process, so every output path masks "
+                                   "them (process-wide by design: a log line can come from "
+                                   "anywhere)",
+    ("bench.features.ocr_paddle", "_POOL"): "PaddleOCR engines per thread count (bench/features "
+                                           "is another issue's; to move into the run context)",
+}
+
+
+def _is_mutable_value(node: ast.AST | None) -> bool:
+    if isinstance(node, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = getattr(func, "id", getattr(func, "attr", None))
+        return name in MUTABLE_FACTORIES
+    return False
+
+
+def module_caches(tree: ast.Module) -> dict[str, str]:
+    """Module-level names holding a mutable container that the module mutates, or named like a
+    cache (``..._CACHE``, ``..._CACHES``): name -> why it is flagged."""
+    containers: dict[str, ast.AST | None] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            if isinstance(t, ast.Name):
+                containers[t.id] = node.value
+    flagged: dict[str, str] = {}
+    for name, value in containers.items():
+        if name.upper().endswith(("CACHE", "CACHES")) and not (
+                isinstance(value, ast.Constant) and not isinstance(value.value, (list, dict))):
+            flagged[name] = "named like a cache"
+    mutable = {n for n, v in containers.items() if _is_mutable_value(v)}
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            for t in getattr(node, "targets", None) or [getattr(node, "target", None)]:
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+                    target = t.value.id
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in MUTATORS and isinstance(node.func.value, ast.Name):
+            target = node.func.value.id
+        elif isinstance(node, ast.Global):
+            for n in node.names:
+                if n in mutable:
+                    flagged[n] = "rebound through `global`"
+        if target in mutable:
+            flagged[target] = "a module-level container mutated at run time"
+    return flagged
+
+
+def test_the_cache_finder_flags_planted_caches():
+    tree = ast.parse("A = {}\nB = []\nC = (1, 2)\nD_CACHE = OrderedDict()\nE = {'x': 1}\n"
+                     "def f(k):\n    A[k] = 1\n    B.append(k)\n    return E['x']\n")
+    assert module_caches(tree) == {"A": "a module-level container mutated at run time",
+                                   "B": "a module-level container mutated at run time",
+                                   "D_CACHE": "named like a cache"}
+
+
+def test_no_module_level_mutable_cache():
+    """Work shared between retrievers lives in the run's context (bench.run_context.RunContext,
+    reached through TrainView.context) and is dropped when the run ends; module globals would
+    couple retrievers, runs and tests (issue 25)."""
+    found = {}
+    for name, path in package_modules().items():
+        for var, why in module_caches(ast.parse(path.read_text(encoding="utf-8"))).items():
+            if (name, var) not in ALLOWED_MODULE_STATE:
+                found[f"{name}.{var}"] = why
+    assert not found, f"module-level mutable caches (use bench.run_context.RunContext): {found}"

@@ -129,21 +129,28 @@ def test_dense_text_default_model_offline_paraphrase(offline, tmp_path, monkeypa
     scores = [s for _, s in run[reqs[0]]]
     assert scores == sorted(scores, reverse=True) and -1.0 <= scores[-1] <= scores[0] <= 1.0
 
-    # A second fit on the same cache does no encoding work and gives the same results.
+    # A second fit + search on the same cache loads no model and encodes nothing.
     n_before = len(calls)
     again = DenseTextRetriever(fields=["ocr_text", "queries"]).fit(train)
-    assert len(calls) == n_before
+    again_run = again.search(reqs, k=3)
+    assert len(calls) == n_before and getattr(again, "_st_model", None) is None
     assert np.allclose(again.embeddings_, ret.embeddings_, atol=1e-6)
-    assert again.search(reqs, k=3).ids(reqs[1]) == run.ids(reqs[1])[:3]
-    assert len(list(tmp_path.glob("dense-text-*/part-*.parquet"))) == 1
+    assert again.unknown_token_share_ == ret.unknown_token_share_
+    assert again_run.ids(reqs[1]) == run.ids(reqs[1])[:3]
+    assert again_run[reqs[0]] == run[reqs[0]][:3]
+    # one entry per model for embeddings (documents and queries) and one for token counts
+    assert len(list(tmp_path.glob("dense-text-embeddings-*"))) == 1
+    assert len(list(tmp_path.glob("dense-text-tokens-*"))) == 1
 
-    # Other clicks -> another historical-query field -> a new cache entry, encoded again.
+    # Other clicks -> one sticker's historical-query field changes -> only that text is encoded.
     n_before = len(calls)
     moved = make_train(texts=STICKERS, clicks=clicks + [("u2", "angry", "s1", 2)],
                        cache=FeatureCache(tmp_path), meta={"fingerprint": "fp-test"})
     DenseTextRetriever(fields=["ocr_text", "queries"]).fit(moved)
-    assert calls[n_before:] == [5]
-    assert len(list(tmp_path.glob("dense-text-*"))) == 2
+    assert calls[n_before:] == [1]
+    # normalisation changes the vectors: another entry
+    DenseTextRetriever(fields=["ocr_text", "queries"], normalize=False).fit(moved)
+    assert len(list(tmp_path.glob("dense-text-embeddings-*"))) == 2
 
 
 def test_dense_text_without_cache_and_edge_cases(offline):

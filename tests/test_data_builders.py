@@ -70,7 +70,9 @@ def test_synthetic_with_images_from_cli_strings(tmp_path):
     assert len(st) == 30 and st["sticker_id"].iloc[0] == "syn-000001"
     assert set(st["gt_style"]) <= set(synthetic.STYLES)
     assert set(st["gt_topic"]) <= set(synthetic.vocabulary("en"))
-    assert ds.text_columns == []  # captions are ground truth only; OCR must read the image
+    # captions are ground truth only (OCR must read the image); the simulated description
+    # carries the calibrated query overlap (issue 23.2)
+    assert ds.text_columns == ["description"]
     for rel in st["image"]:
         assert rel.startswith("images/syn-")
         assert Image.open(tmp_path / "a" / rel).size == (128, 128)
@@ -104,7 +106,7 @@ def test_synthetic_text_only_has_style_vectors_and_ocr_text(tmp_path):
     sims = emb @ emb.T
     same = st["gt_style"].to_numpy()[:, None] == st["gt_style"].to_numpy()[None, :]
     assert sims[same].mean() > sims[~same].mean() + 0.4
-    assert ds.text_columns == ["ocr_text"]
+    assert ds.text_columns == ["ocr_text", "description"]
     exact = (st["ocr_text"] == st["gt_caption"]).mean()
     assert 0.8 < exact < 1.0  # ocr_noise=0.1 puts one character error in ~10% of them
 
@@ -204,7 +206,7 @@ def test_emoji_styles_builds_one_sticker_per_emoji_and_style(emoji_folder, tmp_p
 
 def test_emoji_styles_content_field_and_held_out_queries(emoji_folder, tmp_path):
     """Label + tags are the content field; queries are only words outside it (issue 14.5)."""
-    sim = {**SMALL_SIM, "multi_click_prob": 0.0}
+    sim = {**SMALL_SIM, "multi_click_prob": 0.0, "content_overlap": "adversarial"}
     ds = build_dataset("emoji-styles", emoji_folder, tmp_path / "out", sim)
     st = ds.stickers.set_index("sticker_id")
     assert ds.text_columns == ["description"] and ds.meta["content_field"] == "description"
@@ -214,6 +216,15 @@ def test_emoji_styles_content_field_and_held_out_queries(emoji_folder, tmp_path)
     for q, sid in zip(ds.interactions["query"], ds.interactions["sticker_id"]):
         content = st.loc[sid, "description"].replace("; ", ", ").split(", ")
         assert q.casefold() not in {c.casefold() for c in content}
+    # content_overlap: 1.0 appends every query word to its emoji's content (issue 23.2)
+    full = build_dataset("emoji-styles", emoji_folder, tmp_path / "full",
+                         {**sim, "content_overlap": 1.0})
+    fst = full.stickers.set_index("sticker_id")
+    assert fst.loc["1F600:noto", "description"] == "grinning face; face, grin, happy; joy"
+    # "tears" already shares the stem "tear" with a tag: nothing is added
+    assert fst.loc["1F622:noto", "description"] == st.loc["1F622:noto", "description"]
+    assert full.meta["content_overlap"]["achieved"] == 1.0
+    assert ds.meta["content_overlap"]["target"] is None
     everything = build_dataset("emoji-styles", emoji_folder, tmp_path / "all",
                                {**sim, "query_words": "all", "content": "none"})
     assert everything.text_columns == [] and "grinning face" in \
@@ -404,7 +415,8 @@ def test_persrv_jsonl_errors_name_line_and_field(persrv_files, tmp_path, line, m
 
 def test_real_emoji_styles(tmp_path):
     src = shared_data("emoji-styles")
-    ds = build_dataset("emoji-styles", src, tmp_path / "emoji", {"n_users": 300})
+    ds = build_dataset("emoji-styles", src, tmp_path / "emoji",
+                       {"n_users": 300, "content_overlap": "adversarial"})
     assert len(ds.stickers) == 1607 * 4 == 6428
     assert ds.stickers["image"].notna().all()
     assert ds.stickers["gt_style"].value_counts().to_dict() == {

@@ -45,6 +45,19 @@ def emoji_folder(tmp_path):
 
 # ------------------------------------------------------------------------------ tokenisation
 
+def test_combining_marks_live_only_in_the_scanned_planes():
+    """The tokenizer scans only MARK_PLANES for combining marks; no other plane has one under
+    this Python's Unicode data (else Devanagari-like words would split)."""
+    import sys
+    import unicodedata
+
+    from bench.text import MARK_PLANES, Tokenizer
+    planes = {c >> 16 for c in range(sys.maxunicode + 1)
+              if unicodedata.category(chr(c))[0] == "M"}
+    assert planes <= set(MARK_PLANES)
+    assert Tokenizer()("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # virama/vowel signs stay inside
+
+
 def test_zwj_sequence_is_one_token_and_modifiers_drop():
     tok = Tokenizer()
     assert tok("👨‍💻") == ["👨\u200d💻"]
@@ -82,7 +95,8 @@ def test_punctuation_only_query_finds_its_sticker():
 def test_chinese_emoji_label_set_is_built_named_and_tokenised_as_chinese(emoji_folder, tmp_path):
     (tmp_path / "zh.csv").write_text(ZH_LABELS, encoding="utf-8")
     ds = build_dataset("emoji-styles", emoji_folder, tmp_path / "out",
-                       {"labels": str(tmp_path / "zh.csv"), **SMALL_SIM})
+                       {"labels": str(tmp_path / "zh.csv"), "content_overlap": "adversarial",
+                        **SMALL_SIM})
     assert ds.name == "emoji-styles-zh"
     assert ds.meta["languages"] == ["zh"] and ds.meta["language"] == "zh"
     st = ds.stickers.set_index("sticker_id")

@@ -53,8 +53,9 @@ def test_perf_command_small(tmp_path, isolated_cache):
             assert stage in STAGES and row["seconds"] > 0 and row["calls"] >= 1
     assert set(recs["persrv"]["stages"]) == set(STAGES)
     assert set(recs["bm25"]["stages"]) == {"index", "recall", "metrics"}
-    # persrv-no-personalization reuses persrv's recall pools (identical recall)
-    assert recs["persrv-no-personalization"]["recall_shared"] is True
+    # recall pools belong to a fitted retriever (issue 25): persrv-no-personalization computes
+    # its own, so its timings do not depend on persrv having run first
+    assert recs["persrv-no-personalization"]["recall_shared"] is False
     assert result["pipeline"]["retrievers_s"] == pytest.approx(
         sum(r["e2e_s"] for r in recs.values()))
 

@@ -10,7 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 import bench.persrv.fields as fields_mod
-from bench.persrv.fields import MultiFieldBM25, clear_cache, pack_keys, top_k_csr, unpack_keys
+from bench.persrv.fields import MultiFieldBM25, pack_keys, top_k_csr, unpack_keys
+from bench.run_context import RunContext
 from bench.text import Tokenizer
 
 OCR = ["happy cat", "cat cat cat sleeping on the sofa", None, "good morning", "", "angry cat",
@@ -86,7 +87,7 @@ QUERY_SET = ["happy cat", "cat", "morning coffee", "sleepy", "happy happy", "zeb
 @pytest.mark.parametrize("k1_plus_one", [False, True])
 def test_scores_equal_lucene_formula_float64(k1_plus_one):
     """Weights in float64: every matching document's score to 1e-9 of the formula."""
-    model = fit(dtype=np.float64, k1_plus_one=k1_plus_one, use_cache=False)
+    model = fit(dtype=np.float64, k1_plus_one=k1_plus_one)
     mat = model.score_matrix(QUERY_SET, doc_boost=util_boost()).toarray()
     matched = (model.score_matrix(QUERY_SET).toarray() > 0)
     for qi, q in enumerate(QUERY_SET):
@@ -128,7 +129,7 @@ def test_search_pool_float32_scores_order_and_exclusions():
 
 
 def test_repeated_query_tokens_count_per_occurrence():
-    model = fit(dtype=np.float64, use_cache=False)
+    model = fit(dtype=np.float64)
     m = model.score_matrix(["cat", "cat cat"]).toarray()
     assert np.allclose(m[1], 2 * m[0]) and m[0].max() > 0
 
@@ -165,7 +166,7 @@ def test_pool_cut_and_ties_by_position():
 
 def test_doc_count_ignores_empty_fields():
     """A document without tokens in a field is not part of that field's N and avgdl."""
-    model = fit(use_cache=False)
+    model = fit()
     ocr = model.counts_["ocr"]
     assert ocr.doc_count == 6            # None, "" are not counted ("!!!" is one symbol token)
     assert ocr.avgdl == pytest.approx((2 + 7 + 2 + 2 + 1 + 1) / 6)
@@ -213,14 +214,20 @@ def test_top_k_csr_matches_brute_force_with_ties():
     del rng
 
 
-def test_field_counts_are_cached_by_content():
-    clear_cache()
-    a = fit()
-    b = fit({"ocr": 2.0, "description": 1.0, "queries": 0.0})
+def test_field_counts_are_cached_by_content_within_a_run_context():
+    ctx = RunContext()
+    a = fit(context=ctx)
+    b = fit({"ocr": 2.0, "description": 1.0, "queries": 0.0}, context=ctx)
     assert a.counts_["ocr"] is b.counts_["ocr"]
-    c = MultiFieldBM25({"ocr": 1.0}, tokenizer=Tokenizer(stem="english")).fit({"ocr": OCR})
+    assert ctx.hits["bm25-field-counts"] >= 1 and ctx.seconds["bm25-field-counts"] > 0
+    c = MultiFieldBM25({"ocr": 1.0}, tokenizer=Tokenizer(stem="english"),
+                       context=ctx).fit({"ocr": OCR})
     assert c.counts_["ocr"] is not a.counts_["ocr"]
-    clear_cache()
+    # no context, or another run's: nothing shared
+    assert fit().counts_["ocr"] is not a.counts_["ocr"]
+    assert fit(context=RunContext()).counts_["ocr"] is not a.counts_["ocr"]
+    ctx.clear()
+    assert fit(context=ctx).counts_["ocr"] is not a.counts_["ocr"]
 
 
 def test_errors():
@@ -246,7 +253,7 @@ def test_vectorised_field_counts_equal_per_document_counts():
     words = ["cat", "Dog", "the", ":)", "中文", "naïve", "x_1", "hi!"]
     texts = [" ".join(rng.choice(words, size=rng.integers(0, 6))) for _ in range(200)] + [None]
     tok = Tokenizer(stopwords="english")
-    a = field_counts(texts, tok, use_cache=False)
+    a = field_counts(texts, tok)
     b = count_terms(tok.batch(texts))
     assert a.vocab == b.vocab and a.dl.tolist() == b.dl.tolist()
     assert (a.tf != b.tf).nnz == 0 and np.array_equal(a.tf.indices, b.tf.indices)

@@ -110,3 +110,35 @@ def test_loqo_experiment_config_validates():
     assert cfg.protocol.name == "leave-one-query-out" and cfg.protocol.min_queries == 2
     assert {"bm25", "dense-text", "popularity", "persrv-no-personalization", "query-lookup",
             "persrv-reference"} <= {r.name for r in cfg.retrievers}
+
+
+def test_user_split_fractions_examples_and_config():
+    """user-split: 100 users -> 70/15/15; an evaluation user's example is its last use of a
+    sticker it never used before, everything before it is history, what follows is dropped."""
+    from bench.config import validate_config
+    rows = []
+    for u in range(100):
+        # uses: a, b, a (repeat), c, b (repeat): the example is c (the last new sticker)
+        for t, sid in enumerate(("a", "b", "a", f"c{u % 7}", "b")):
+            rows.append((f"u{u:03d}", f"q{u}-{t}", sid, t))
+    clicks = pd.DataFrame(rows, columns=["user_id", "query", "sticker_id", "ts"])
+    stickers = pd.DataFrame({"sticker_id": ["a", "b", *[f"c{i}" for i in range(7)]],
+                             "image": None})
+    ds = Dataset(stickers, clicks, {"name": "users"})
+    splits = protocol_splits(ds, {"name": "user-split", "seed": 0})
+    rep = splits.report
+    assert (rep["train_users"], rep["validation_users"], rep["test_users"]) == (70, 15, 15)
+    assert len(splits.validation) == 15 and len(splits.test) == 15
+    assert splits.test["sticker_id"].str.startswith("c").all()
+    assert (splits.test["ts"] == 3).all()
+    # train users keep all 5 uses, evaluation users their 3 uses before the example
+    assert len(splits.train) == 70 * 5 + 30 * 3
+    assert rep["evaluation_uses_after_example_dropped"] == 30
+    assert rep["evaluation_uses_target_in_history"] == 60
+    assert check_no_leak(splits, "test").empty and check_no_leak(splits, "validation").empty
+    cfg = validate_config({"dataset": {"path": "x"}, "protocol": {"name": "user-split"},
+                           "retrievers": [{"name": "random"}]})
+    assert cfg.protocol.name == "user-split"
+    with pytest.raises(ConfigError, match="protocol.name"):
+        validate_config({"dataset": {"path": "x"}, "protocol": {"name": "user-splitt"},
+                         "retrievers": [{"name": "random"}]})

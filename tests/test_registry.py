@@ -87,4 +87,4 @@ def test_run_roundtrip(tmp_path):
     back = Run.load_parquet(tmp_path / "r.parquet")
     assert back[Request("u1", "hi")] == [("a", 2.0), ("b", 1.0)]
     run.save_trec(tmp_path / "r.trec", tag="x")
-    assert (tmp_path / "r.trec").read_text().splitlines()[0] == "q0 Q0 a 1 2.000000 x"
+    assert (tmp_path / "r.trec").read_text().splitlines()[0] == "q0 Q0 a 1 2.0 x"

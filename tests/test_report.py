@@ -499,9 +499,9 @@ def test_style_for_gives_every_retriever_its_own_look():
     assert len({(c, str(ls)) for c, ls, _ in many.values()}) == 120
 
 
-def test_a_retriever_keeps_its_style_across_plots(monkeypatch, tmp_path):
-    """The runner's plot (from the results table) and the report's curves draw each label with
-    the same colour, line style and marker; the legend sits outside the axes."""
+def _plot_both(monkeypatch, tmp_path, **show):
+    """The runner's plot (table: query-lookup best) and the report's curves (summary: random
+    best, popularity the best floor); returns {label: (colour, style, marker, width)} of each."""
     from bench.report import plots
     figures = []
 
@@ -514,13 +514,13 @@ def test_a_retriever_keeps_its_style_across_plots(monkeypatch, tmp_path):
     table = pd.DataFrame([{"retriever": lb, "status": "failed" if lb == "dense-text" else "ok",
                            **{f"m_mrr_at_{k}": 0.01 * i * k for k in ks}}
                           for i, lb in enumerate(QUICKSTART)])
-    plots.plot_m_mrr(table, ks, tmp_path / "a.png")
+    plots.plot_m_mrr(table, ks, tmp_path / "a.png", **show)
     summary = pd.DataFrame([{"retriever": lb, "metric": f"m_mrr_at_{k}", "mean": 0.02 * i,
                              "ci_low": 0.0, "ci_high": 0.05 * i}
                             for i, lb in enumerate(QUICKSTART[::-1]) for k in ks
                             if lb != "dense-text"])
     plots.plot_curves(summary, [lb for lb in QUICKSTART if lb != "dense-text"], ks,
-                      tmp_path / "b.png", plots.style_for(QUICKSTART))
+                      tmp_path / "b.png", plots.style_for(QUICKSTART), **show)
     looks = []
     for fig in figures:
         ax = fig.axes[0]
@@ -529,8 +529,90 @@ def test_a_retriever_keeps_its_style_across_plots(monkeypatch, tmp_path):
         fig.canvas.draw()
         assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
         assert "k" in ax.get_xlabel() and "M-MRR@k" in ax.get_ylabel()
-    assert len(looks[0]) == 11 and looks[0] == looks[1]
+    return looks
+
+
+def test_a_retriever_keeps_its_style_across_plots(monkeypatch, tmp_path):
+    """With every retriever drawn, the runner's plot and the report's curves draw each label
+    that is neither winner nor best floor with the same colour, line style and marker; the
+    legend sits outside the axes."""
+    from bench.report import plots
+    looks = _plot_both(monkeypatch, tmp_path, show="all")
+    assert len(looks[0]) == len(looks[1]) == 11
+    roles = {"query-lookup", "random", "popularity"}  # winners and best floors of the two plots
+    plain = [lb for lb in looks[0] if not any(lb.startswith(r) for r in roles)]
+    assert len(plain) == 8 and all(looks[0][lb] == looks[1][lb] for lb in plain)
     assert looks[0]["persrv"][0] == plots.style_for(QUICKSTART)["persrv"][0]
+
+
+def test_per_k_plot_shows_the_few_that_matter_winner_highlighted(monkeypatch, tmp_path):
+    """By default the per-k plot draws the winner, the best floor, persrv and bm25 only (the
+    rest on request), the winner thickest in the highlight colour, legend best first."""
+    from bench.report import plots
+    runner, report = _plot_both(monkeypatch, tmp_path)
+    assert list(runner) == ["query-lookup (winner, best floor)", "persrv", "bm25"]
+    assert list(report) == ["random (winner)", "popularity (best floor)", "bm25", "persrv"]
+    for looks, winner in ((runner, "query-lookup (winner, best floor)"),
+                          (report, "random (winner)")):
+        assert looks[winner][0] == plots.WINNER_COLOUR
+        assert looks[winner][3] == max(w for *_, w in looks.values())
+    assert report["popularity (best floor)"][:2] == (plots.FLOOR_COLOUR, "--")
+    assert len({c for c, *_ in report.values()}) == 4  # four lines, four colours
+    with pytest.raises(Exception, match="no results for nope"):
+        _plot_both(monkeypatch, tmp_path, show=["persrv", "nope"])
+
+
+def test_leaderboard_ranks_with_cis_and_margins_to_the_best_floor(tmp_path):
+    """The leaderboard of a run folder: best first, CIs around the means, the best floor's
+    paired margins; the bar chart highlights winner and floor; the description names them."""
+    from bench.report.folder import load_folder
+    from bench.report.leaderboard import describe, key_labels, leaderboard
+    from bench.report.plots import FLOOR_COLOUR, WINNER_COLOUR, plot_leaderboard
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "run"
+    users = [f"u{i}" for i in range(40)]
+    for label, mean in (("popularity", 0.2), ("bm25", 0.3), ("persrv", 0.5),
+                        ("query-lookup", 0.4)):
+        out = folder / "retrievers" / label
+        out.mkdir(parents=True)
+        pd.DataFrame({"user_id": users * 2, "query": ["q"] * 80,
+                      "m_mrr_at_20": np.clip(mean + rng.normal(0, 0.05, 80), 0, None),
+                      "mrr_at_20": 0.1}).to_parquet(out / "per_request.parquet")
+    import yaml
+    (folder / "config.yaml").write_text(yaml.safe_dump({"name": "r", "retrievers": [
+        {"name": n} for n in ("popularity", "bm25", "persrv", "query-lookup")]}))
+    board = leaderboard(load_folder(folder), n_boot=500)
+    t = board.table
+    assert list(t["retriever"]) == ["persrv", "query-lookup", "bm25", "popularity"]
+    assert list(t["rank"]) == [1, 2, 3, 4]
+    assert board.winner == "persrv" and board.best_floor == "query-lookup"
+    assert board.challenger == "persrv"
+    assert ((t["ci_low"] < t["m_mrr_at_20"]) & (t["m_mrr_at_20"] < t["ci_high"])).all()
+    row = board.row("persrv")
+    assert row["delta_vs_best_floor"] == pytest.approx(0.1, abs=0.03)
+    assert 0 < row["delta_ci_low"] < row["delta_vs_best_floor"] < row["delta_ci_high"]
+    text = describe(board, "M-MRR@20")
+    assert "**Winner: persrv**" in text and "Best floor baseline: query-lookup" in text
+    assert ": better)" in text
+    assert key_labels(t["retriever"], board.winner, board.best_floor, "bm25") == \
+        ["persrv", "query-lookup", "bm25"]
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from bench.report import plots
+    captured = []
+    orig = plots.save_figure
+    plots.save_figure = lambda fig, path: captured.append(fig) or orig(fig, path)
+    try:
+        path = plot_leaderboard(board, tmp_path / "leaderboard.png")
+    finally:
+        plots.save_figure = orig
+    assert path.stat().st_size > 0
+    bars = captured[0].axes[0].patches
+    colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars]
+    assert colours[0] == WINNER_COLOUR and colours[1] == FLOOR_COLOUR
+    assert [b.get_width() for b in bars] == pytest.approx(list(t["m_mrr_at_20"]))
+    plt.close("all")
 
 
 # ------------------------------------------------------------------------------------ (i) html, segments
@@ -550,14 +632,19 @@ def test_report_html_is_self_contained(run_folder, tmp_path):
     written = report_folder(run_folder, out=tmp_path / "h", n_boot=100)
     page = written["report.html"].read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page
-    assert page.count('<img src="data:image/png;base64,') == 3  # curves, ablation, clusters
-    assert 'src="m_mrr_curves.png"' not in page
+    # leaderboard, curves, ablation, clusters
+    assert page.count('<img src="data:image/png;base64,') == 4
+    assert 'src="m_mrr_curves.png"' not in page and 'src="leaderboard.png"' not in page
     for label in RETRIEVERS:
         assert f"<td>{label}" in page
     import base64
-    start = page.index("base64,") + len("base64,")
-    png = base64.b64decode(page[start:page.index('"', start)])
-    assert png == written["m_mrr_curves.png"].read_bytes()
+    images = []
+    start = 0
+    while (start := page.find("base64,", start)) >= 0:
+        start += len("base64,")
+        images.append(base64.b64decode(page[start:page.index('"', start)]))
+    assert images[:2] == [written["leaderboard.png"].read_bytes(),
+                          written["m_mrr_curves.png"].read_bytes()]
     assert "### Segments (" not in written["report.md"].read_text()  # no segment columns
 
 

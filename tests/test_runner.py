@@ -108,7 +108,7 @@ def test_mlflow_run_launcher_lands_in_the_dataset_experiment(tiny_dataset, tmp_p
     parent = client.get_run(outcome.parent_run_id)
     assert outcome.parent_run_id != launcher
     assert client.get_experiment(parent.info.experiment_id).name == "tiny"
-    assert parent.info.run_name == "tiny-run"
+    assert parent.info.run_name.startswith("tiny-run · tiny · ")  # config · dataset · time · id
     shell = client.get_run(launcher).data.tags
     assert shell["persrv.kind"] == "launcher" and shell["persrv.run_id"] == outcome.parent_run_id
     exp = client.get_experiment_by_name("tiny")

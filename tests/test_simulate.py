@@ -290,3 +290,54 @@ def test_held_out_groups_on_a_corpus_where_few_items_have_held_out_queries():
     held_topics = {q.split()[0] for q in held}
     tail_held = groups[(groups["from_end"] < 2) & groups["query"].isin(held)]
     assert set(tail_held["sticker_id"].str.split("-").str[0]) <= held_topics
+
+
+# ------------------------------------------------------------------ content overlap (issue 23.2)
+
+def test_overlap_rates_own_and_other_on_a_known_corpus():
+    from bench.data.content_overlap import overlap_rates
+    queries = [["happy dog", "sleeping"], ["sad cat"], ["the end"]]
+    texts = ["a happy face; sleeps", "a dog", "nothing here"]
+    r = overlap_rates(queries, texts)
+    # own: "happy dog" (happy), "sleeping" (stem sleep = sleeps), "sad cat" no, "the end" no
+    assert r["n"] == 4 and r["own"] == pytest.approx(2 / 4)
+    # other: "happy dog" overlaps item 1 ("dog") = 1 of 2 others; the rest none
+    assert r["other"] == pytest.approx((1 / 2) / 4)
+    # leave-one-out: each query against the item's other queries; a lone query is skipped
+    loo = overlap_rates([["happy dog", "happy cat", "sad"], ["lonely"]])
+    assert loo["n"] == 3 and loo["own"] == pytest.approx(2 / 3)
+
+
+def test_plant_overlap_hits_the_target_and_adversarial_changes_nothing():
+    from bench.data.content_overlap import overlap_rates, plant_overlap
+    queries = [[f"word{i} thing{i}", f"other{i}"] for i in range(400)]
+    texts = [f"item {i}" for i in range(400)]
+    same, stats = plant_overlap(texts, queries, None, seed=0)
+    assert same == texts and stats["natural"] == 0.0
+    out, stats = plant_overlap(texts, queries, 0.5, seed=0)
+    assert stats["expected"] == pytest.approx(0.5)
+    assert overlap_rates(queries, out)["own"] == pytest.approx(stats["achieved"], abs=1e-4)
+    assert abs(stats["achieved"] - 0.5) < 0.05
+    assert plant_overlap(texts, queries, 0.5, seed=0)[0] == out      # seeded
+    assert plant_overlap(texts, queries, 0.5, seed=1)[0] != out
+
+
+def test_builders_take_content_overlap_and_a_yaml_number_for_heldout_share(tmp_path):
+    from bench.data.builders import build_dataset
+    from bench.data.content_overlap import REAL_CONTENT_OVERLAP
+    params = {"n_stickers": 300, "images": False, "n_users": 100}
+    ds = build_dataset("synthetic", None, tmp_path / "cal", params)
+    ov = ds.meta["content_overlap"]
+    assert ov["target"] == REAL_CONTENT_OVERLAP and ov["natural"] == 0.0
+    assert abs(ov["achieved"] - REAL_CONTENT_OVERLAP) < 0.06
+    assert "description" in ds.stickers.columns
+    adv = build_dataset("synthetic", None, tmp_path / "adv",
+                        {**params, "content_overlap": "adversarial",
+                         "heldout_request_share": 0.0})   # a YAML number, refused before
+    assert "description" not in adv.stickers.columns
+    assert adv.meta["simulator"]["heldout_request_share"] == 0.0
+    strong = build_dataset("synthetic", None, tmp_path / "strong",
+                           {**params, "content_overlap": 0.9})
+    assert strong.meta["content_overlap"]["achieved"] > 0.85
+    with pytest.raises(ConfigError, match="content_overlap"):
+        build_dataset("synthetic", None, tmp_path / "bad", {**params, "content_overlap": "lots"})

@@ -189,7 +189,8 @@ def test_sweep_logs_study_run_with_trial_children(tiny_dataset, tmp_path, isolat
     assert set(trials["tags.mlflow.parentRunId"]) == {study_id}
     assert best["tags.mlflow.parentRunId"].iloc[0] == study_id
     assert sorted(trials["tags.optuna.trial_number"].astype(int)) == list(range(6))
-    assert trials["metrics.m_mrr_at_20"].notna().all()
+    assert trials["metrics.val_m_mrr_at_20"].notna().all()  # the split is in the key
+    assert "metrics.m_mrr_at_20" not in trials or trials["metrics.m_mrr_at_20"].isna().all()
     assert trials["metrics.objective"].notna().all()
     assert trials["metrics.duration_seconds"].notna().all()
     assert set(trials["tags.optuna.trial_state"]) == {"COMPLETE"}
@@ -204,7 +205,13 @@ def test_sweep_logs_study_run_with_trial_children(tiny_dataset, tmp_path, isolat
     assert study["metrics.best_value"].iloc[0] == pytest.approx(result.best_value)
     assert study["status"].iloc[0] == "FINISHED"
     best_trial = trials[trials["tags.optuna.trial_number"] == str(result.best_trial)]
-    assert best_trial["metrics.m_mrr_at_20"].iloc[0] == pytest.approx(result.best_value)
+    assert best_trial["metrics.val_m_mrr_at_20"].iloc[0] == pytest.approx(result.best_value)
+    import optuna
+
+    from bench.sweep.storage import StorageHandle
+    loaded = optuna.load_study(study_name=result.study_name,
+                               storage=StorageHandle(str(tmp_path / "journal.log")).open())
+    assert loaded.metric_names == ["val_m_mrr_at_20"]  # what optuna-dashboard shows
     assert study["tags.best.cluster_algorithm"].iloc[0] == result.best_params["cluster_algorithm"]
     client = mlflow.MlflowClient(cfg.tracking.uri)
     plots = {a.path for a in client.list_artifacts(study_id, "plots")}
@@ -384,19 +391,30 @@ def test_grid_sampler_tries_each_point_once(tiny_dataset, tmp_path, isolated_cac
 
 def test_retriever_without_with_params_is_fitted_per_trial(tiny_dataset, tmp_path,
                                                            isolated_cache, monkeypatch):
+    """A plugin that declares its parameters only in its constructor (no bench.params
+    declaration, so no with_params) is constructed and fitted per trial."""
     from baselines.bm25 import BM25Retriever
+    from bench.registry import register
     fits = []
-    original = BM25Retriever.fit
 
-    def fit(self, train):
-        fits.append((self.k1, tuple(self.fields)))
-        return original(self, train)
-    monkeypatch.setattr(BM25Retriever, "fit", fit)
-    space = {"retriever": "bm25", "params": {
+    @register("test-legacy-bm25")
+    class LegacyBM25:
+        def __init__(self, k1: float = 1.2, b: float = 0.75, fields="all"):
+            self.k1, self.b, self.fields = k1, b, fields
+
+        def fit(self, train):
+            fits.append((self.k1, tuple(self.fields)))
+            self.inner = BM25Retriever(k1=self.k1, b=self.b, fields=self.fields).fit(train)
+            return self
+
+        def search(self, requests, k):
+            return self.inner.search(requests, k)
+
+    space = {"retriever": "test-legacy-bm25", "params": {
         "k1": {"float": [0.5, 2.0]},
         "fields": {"choices": [["text"], ["text", "queries"]]}}}
     cfg = _cfg(tiny_dataset, tmp_path, tracking={"enabled": False},
-               retrievers=[{"name": "bm25", "params": {"b": 0.5}}])
+               retrievers=[{"name": "test-legacy-bm25", "params": {"b": 0.5}}])
     result, _ = _sweep(cfg, tmp_path, space=space, n_trials=3)
     assert result.states == {"COMPLETE": 3}
     assert len(fits) == 4  # 3 trials + the best on test

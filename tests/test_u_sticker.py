@@ -66,7 +66,9 @@ def test_builds_real_users_queries_and_domains(usticker, tmp_path):
     assert (stats["queries_from_reply"], stats["queries_from_previous"]) == (3, 1)
     assert stats["sticker_messages_without_query"] == 2 and stats["files"] == 2
     st = ds.stickers.set_index("sticker_id")
-    assert sorted(st.index) == ["sleep.webm", "sun.webp", "wave.png"]
+    # every sticker used is a candidate, cat.gif (never sent after a text) too
+    assert sorted(st.index) == ["cat.gif", "sleep.webm", "sun.webp", "wave.png"]
+    assert "message_id" in ds.meta["ts_meaning"]
     assert st.loc["sun.webp", "gt_domain"] == "crypto"  # 1 use each: ties go alphabetically
     assert st.loc["wave.png", "gt_domain"] == "gaming" and st["image"].isna().all()
     assert ds.name == "u-sticker" and ds.meta["languages"] == ["en"]
@@ -86,12 +88,15 @@ def test_query_from_reply_or_previous(usticker, tmp_path):
 
 def test_domain_tie_and_most_frequent(tmp_path):
     src = write_fixture(tmp_path / "src")
-    extra = {"message_id": 8, "from_id": 10, "reply_id": 1, "sticker": "x/sun.webp",
-             "text": ""}
-    (src / "1.json").write_text(json.dumps(CONV_1 + [extra]), encoding="utf-8")
+    extra = [{"message_id": 8, "from_id": 10, "reply_id": 1, "sticker": "x/sun.webp",
+              "text": ""},
+             {"message_id": 9, "from_id": 30, "reply_id": None, "sticker": "stickers/sun.webp",
+              "text": ""}]
+    (src / "1.json").write_text(json.dumps(CONV_1 + extra), encoding="utf-8")
     ds = build_dataset("u-sticker", src, tmp_path / "out", {})
     st = ds.stickers.set_index("sticker_id")
-    assert st.loc["sun.webp", "gt_domain"] == "gaming"  # 2 uses in gaming, 1 in crypto
+    # every use counts, with a query or not: 3 in gaming (one without a query), 2 in crypto
+    assert st.loc["sun.webp", "gt_domain"] == "gaming"
     assert ds.meta["build_stats"]["sticker_name_collisions"] == 1  # x/sun.webp vs stickers/
 
 
@@ -110,10 +115,11 @@ def test_images_and_human_queries_join(usticker, tmp_path):
     st = ds.stickers.set_index("sticker_id")
     assert st.loc["wave.png", "image"] == "images/wave.png"
     assert (tmp_path / "out" / "images" / "sun.webp").read_bytes() == b"RIFF....WEBP"
-    assert st["image"].isna().sum() == 1 and ds.meta["build_stats"]["missing_images"] == 1
+    # sleep.webm and cat.gif (a candidate without clicks) have no file in the image folder
+    assert st["image"].isna().sum() == 2 and ds.meta["build_stats"]["missing_images"] == 2
     assert st.loc["sun.webp", "labeled_queries"] == "sunny, good morning, hello"
     assert st.loc["wave.png", "labeled_queries"] == "bye, see you"
-    assert st["labeled_queries"].isna().sum() == 1
+    assert st["labeled_queries"].isna().sum() == 2
     assert ds.text_columns == ["labeled_queries"]
 
 
@@ -177,3 +183,51 @@ def test_splits_on_real_users(tmp_path):
     assert splits.test["query"].tolist() == ["q33"]
     assert (ds.stickers["gt_domain"] == "unknown").all()
     assert ds.meta["build_stats"]["files_without_domain"] == 3
+
+
+def test_user_split_protocol_on_the_fixture(tmp_path):
+    """The authors' real-user protocol: users split 70/15/15 (seeded); one example per
+    evaluation user, its target never in its own history; every sticker stays a candidate."""
+    from bench.data.format import load_dataset
+    from bench.data.protocols import protocol_splits
+    src = tmp_path / "src"
+    src.mkdir()
+    msgs, mid = [], 0
+    for user in range(20):           # 20 users, 4 uses each: s0 s1 s0 s2 (s0 repeats)
+        for j, sticker in enumerate(("s0", "s1", "s0", f"s{2 + user % 3}")):
+            msgs.append({"message_id": mid, "from_id": user, "reply_id": None, "sticker": "",
+                         "text": f"text {user} {j}"})
+            msgs.append({"message_id": mid + 1, "from_id": user, "reply_id": mid,
+                         "sticker": f"p/{sticker}.png", "text": ""})
+            mid += 2
+    msgs.append({"message_id": mid, "from_id": 99, "reply_id": None, "sticker": "p/lone.png",
+                 "text": ""})       # a use without any text: no click, still a candidate
+    (src / "1.json").write_text(json.dumps(msgs), encoding="utf-8")
+    build_dataset("u-sticker", src, tmp_path / "out", {})
+    ds = load_dataset(tmp_path / "out")
+    splits = protocol_splits(ds, {"name": "user-split", "seed": 3})
+    rep = splits.report
+    assert (rep["train_users"], rep["validation_users"], rep["test_users"]) == (14, 3, 3)
+    users = {name: set(getattr(splits, name)["user_id"]) for name in ("validation", "test")}
+    assert len(users["validation"]) == 3 and len(users["test"]) == 3
+    assert not users["validation"] & users["test"]
+    for name in ("validation", "test"):
+        frame = getattr(splits, name)
+        history = splits.history_for(name)
+        assert len(frame) == len(set(frame["user_id"]))       # one example per user
+        for row in frame.itertuples():
+            own = history[history["user_id"] == row.user_id]
+            assert row.sticker_id not in set(own["sticker_id"])   # target not in history
+            assert (own["ts"] < row.ts).all()                     # history is before it
+            assert row.sticker_id in {"s1.png", "s2.png", "s3.png", "s4.png"}  # s0 repeats
+    # the example is the last use not in the history: the 4th use (s2..s4), after s0 s1 s0
+    assert set(splits.test["query"].str.split().str[-1]) == {"3"}
+    assert rep["evaluation_uses_target_in_history"] == 6       # 6 users x the second s0
+    corpus = set(ds.stickers["sticker_id"])
+    assert {"s0.png", "s1.png", "s2.png", "s3.png", "s4.png", "lone.png"} <= corpus
+    assert set(ds.interactions["sticker_id"]) <= corpus
+    # another seed splits other users; the same seed the same ones
+    again = protocol_splits(ds, {"name": "user-split", "seed": 3})
+    assert again.test.equals(splits.test)
+    other = protocol_splits(ds, {"name": "user-split", "seed": 4})
+    assert set(other.test["user_id"]) != users["test"]

@@ -9,11 +9,11 @@ baseline (``backend: native``) and PerSRV's multi-field recall (:mod:`bench.pers
   entries only, ties broken by document position.
 """
 
-from bench.bm25.index import (FieldCounts, bm25_weights, clear_cache, count_terms,
+from bench.bm25.index import (FieldCounts, COUNTS_KIND, bm25_weights, count_terms,
                               field_counts, lucene_idf, texts_digest, tokenizer_key)
 from bench.bm25.scoring import (n_threads, pack_keys, plan_blocks, query_matrix, search_blocks,
                                 top_k_csr, unpack_keys)
 
-__all__ = ["FieldCounts", "bm25_weights", "clear_cache", "count_terms", "field_counts",
+__all__ = ["FieldCounts", "COUNTS_KIND", "bm25_weights", "count_terms", "field_counts",
            "lucene_idf", "texts_digest", "tokenizer_key", "n_threads", "pack_keys",
            "plan_blocks", "query_matrix", "search_blocks", "top_k_csr", "unpack_keys"]

@@ -1,22 +1,21 @@
 """BM25 index build: token codes -> term counts (terms x documents CSR) -> Lucene weights.
 
 ``count_terms`` takes tokenized documents or integer token codes (:func:`bench.text.tokenize_to_codes`)
-and builds the CSR in one pass; :func:`field_counts` tokenizes a field's texts through a small
-per-process LRU cache keyed by (tokenizer settings, a hash of the texts), so retrievers that share a
-field (PerSRV's ablations) index it once.
+and builds the CSR in one pass; :func:`field_counts` tokenizes a field's texts, through the run's
+cache (:class:`bench.run_context.RunContext`) keyed by (tokenizer settings, a hash of the texts)
+when one is given, so retrievers that share a field (PerSRV's ablations) index it once per run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-#: Field term-count tables kept in the per-process cache.
+#: Field term-count tables kept in a run's cache.
 CACHE_SIZE = 8
 
 
@@ -56,12 +55,8 @@ class FieldCounts:
             if len(terms) else np.zeros(0, dtype=np.int64)
 
 
-_CACHE: "OrderedDict[tuple, FieldCounts]" = OrderedDict()
-
-
-def clear_cache() -> None:
-    """Forget the cached field term counts."""
-    _CACHE.clear()
+#: The :class:`~bench.run_context.RunContext` cache kind of tokenized field term counts.
+COUNTS_KIND = "bm25-field-counts"
 
 
 def tokenizer_key(tokenizer: Any) -> tuple | None:
@@ -108,22 +103,23 @@ def count_terms(docs: Sequence[Sequence[str]]) -> FieldCounts:
     return counts_from_codes(codes, lengths, terms.tolist())
 
 
-def field_counts(texts: Sequence[Any], tokenizer: Callable, use_cache: bool = True) -> FieldCounts:
-    """Tokenize and count one field's texts (vectorised: :func:`bench.text.tokenize_to_codes`),
-    through the per-process cache."""
+def field_counts(texts: Sequence[Any], tokenizer: Callable, context: Any = None) -> FieldCounts:
+    """Tokenize and count one field's texts (vectorised: :func:`bench.text.tokenize_to_codes`).
+    With a run ``context`` (:class:`bench.run_context.RunContext`) counts of the same texts and
+    tokenizer settings are computed once per run. ``counts.key`` identifies the input (None for
+    a tokenizer that is not a :class:`bench.text.Tokenizer`)."""
     from bench.text import tokenize_to_codes
-    tok_key = tokenizer_key(tokenizer) if use_cache else None
+    tok_key = tokenizer_key(tokenizer)
     key = (tok_key, texts_digest(texts)) if tok_key is not None else None
-    if key is not None and key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    counts = counts_from_codes(*tokenize_to_codes(tokenizer, list(texts)))
-    counts.key = key
-    if key is not None:
-        _CACHE[key] = counts
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return counts
+
+    def compute() -> FieldCounts:
+        counts = counts_from_codes(*tokenize_to_codes(tokenizer, list(texts)))
+        counts.key = key
+        return counts
+
+    if key is None or context is None:
+        return compute()
+    return context.cached(COUNTS_KIND, key, compute, size=CACHE_SIZE)
 
 
 def lucene_idf(doc_freq: np.ndarray, n_docs: int) -> np.ndarray:

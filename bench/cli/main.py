@@ -49,11 +49,13 @@ class LazyGroup(click.Group):
                  "sweep": "bench.cli.sweep_cmd:sweep",
                  "perf": "bench.cli.perf_cmd:perf",
                  "report": "bench.cli.report_cmd:report",
+                 "calibrate": "bench.cli.calibrate_cmd:calibrate",
              })
 @click.version_option(__version__, prog_name="persrv-bench")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback too.")
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
     """persrv-bench: benchmark harness for personalized sticker retrieval (PerSRV)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -148,6 +150,13 @@ def retrievers_cmd() -> None:
 
 # ----------------------------------------------------------------------------------------- run
 
+def safe_echo(text: str = "") -> None:
+    """``click.echo`` of a line made from user-supplied names: credentials masked, control
+    characters escaped (:func:`bench.secrets.safe_output`)."""
+    from bench.secrets import safe_output
+    click.echo(safe_output(text))
+
+
 @cli.command("run")
 @click.argument("config", type=click.Path())
 @click.argument("extra", nargs=-1, metavar="[KEY=VALUE ...]")
@@ -185,22 +194,25 @@ def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], see
     if seed_list:
         from bench.experiment_seeds import run_seeds
         group = run_seeds(cfg, seed_list, tracking_uri=tracking_uri, output_dir=output_dir,
-                          config_path=config, echo=click.echo)
+                          config_path=config, echo=safe_echo)
         failed = [r for outcome in group.outcomes for r in outcome.failed]
     else:
         outcome = run_experiment(cfg, tracking_uri=tracking_uri, output_dir=output_dir,
-                                 config_path=config, echo=click.echo)
+                                 config_path=config, echo=safe_echo)
         failed = outcome.failed
     if failed:
+        from bench.secrets import safe_output
         for r in failed:
-            click.echo(f"error: retriever {r.label} failed: {r.error} (see {r.folder}/error.txt)",
-                       err=True)
+            click.echo(safe_output(f"error: retriever {r.label} failed: {r.error} (see "
+                                   f"{r.folder}/error.txt)"), err=True)
         sys.exit(1)
 
 
 @cli.command("features")
 @click.argument("config", type=click.Path())
-@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. -o features.ocr=false or "
+                   "-o dataset.params.n_stickers=500 (repeatable).")
 def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
     """Compute (or reuse) the offline features of CONFIG's dataset: OCR, image embeddings."""
     from bench.config import load_config
@@ -225,22 +237,30 @@ def features_cmd(config: str, overrides: tuple[str, ...]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning BenchError into a one-line message and exit code 2."""
-    from bench.errors import BenchError
+    """Entry point and the one error boundary (:mod:`bench.cli.boundary`): any exception is one
+    masked line on stderr (BenchError and input/environment errors exit 2, others 1), its
+    traceback saved to a log file (printed with ``--debug``)."""
+    from bench.cli import boundary
+    from bench.secrets import install_log_masking
+    args = list(sys.argv[1:] if argv is None else argv)
+    boundary.prepare_streams()
+    boundary.register_argument_secrets(args)
+    install_log_masking()
     try:
-        cli.main(args=argv, prog_name="persrv-bench", standalone_mode=False)
+        cli.main(args=args, prog_name="persrv-bench", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except BenchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (the boundary: every exception is one line)
+        sys.exit(boundary.report(exc, args, debug="--debug" in args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,7 @@ def sweep(space: str, experiment: str, n_trials: int | None, storage: str | None
     Several workers can run the same command (same --study-name and --storage) at once; they
     share the study, its N-trial budget and one MLflow study run with a child run per trial.
     """
+    from bench.cli.main import safe_echo
     from bench.config import load_config
     from bench.sweep import load_space, run_sweep
     cfg = load_config(experiment, list(overrides))
@@ -57,7 +58,7 @@ def sweep(space: str, experiment: str, n_trials: int | None, storage: str | None
     result = run_sweep(load_space(space), cfg, n_trials=n_trials, storage=storage,
                        study_name=study_name, sampler=sampler, seed=seed,
                        tracking_uri=tracking_uri, final_test=not no_final_test,
-                       output_dir=output_dir, echo=click.echo)
+                       output_dir=output_dir, echo=safe_echo)
     if as_json:
         payload = {k: (str(v) if k == "folder" and v is not None else v)
                    for k, v in result.__dict__.items() if k != "plots"}

@@ -96,6 +96,8 @@ def _coerce(builder: str, key: str, value: Any, default: Any) -> Any:
             raise fail("a number") from None
     if isinstance(value, (str, Path)):
         return str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a YAML number for a text-or-number knob (heldout_request_share: 0.0)
     raise fail("a string")
 
 

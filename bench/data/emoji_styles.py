@@ -12,7 +12,10 @@ by PerSRV's description field and by bm25/dense-text ``fields=all``). The simula
 are drawn only from words *not* in that field (``query_words="held-out"``): the emojilib keywords
 that are neither the label nor a tag, and, for an emoji without such a keyword, a seeded half of
 its tags, taken out of the content field. So a test query is matched through content, never
-copied from it. ``query_words="all"`` restores label + tags + keywords as queries.
+copied from it (``content_overlap="adversarial"``). By default (``content_overlap="calibrated"``)
+query words are then appended to the content until the share of (emoji, query) pairs sharing a
+normalised token matches real human text (issue 23.2, :mod:`bench.data.content_overlap`).
+``query_words="all"`` restores label + tags + keywords as queries.
 
 Languages (issue 15.3): ``labels=CSV`` (columns ``hexcode``, ``label``, ``tags``, optional
 ``keywords``; tags split on any of ``tag_separators``) replaces the English CLDR label and tags,
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.data.content_overlap import plant_overlap, resolve_overlap
 from bench.data.format import Dataset, text_languages, write_dataset
 from bench.data.source_io import check_out_dir, copy_image, read_csv_rows, unique_queries
 from bench.data.simulate import simulate_clicks, simulator_config
@@ -201,7 +205,8 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
                        topic: str = "subgroup", missing_images: str = "skip", labels: str = "",
                        language: str = "", content: str = "description",
                        query_words: str = "held-out", tag_separators: str = "|、，；",
-                       seed: int = 0, simulator=None) -> Dataset:
+                       content_overlap: str = "calibrated", seed: int = 0,
+                       simulator=None) -> Dataset:
     """Build a dataset from an emoji-styles folder ``source`` into ``out``.
 
     ``styles``: comma-separated style folders to use (default: every folder under ``images``).
@@ -209,11 +214,14 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
     ``missing_images``: ``skip`` | ``keep`` | ``error``. ``labels``: a label-set CSV in any
     language (module docstring); ``language``: its tag, detected from the text when empty.
     ``content``: the text column holding label + tags (``none``: no retriever-visible text).
-    ``query_words``: ``held-out`` | ``all``. Users are simulated (``simulator``: overrides;
+    ``query_words``: ``held-out`` | ``all``. ``content_overlap``: ``calibrated`` (the real
+    query-content overlap), ``adversarial`` (no query word in the content) or a share
+    (:mod:`bench.data.content_overlap`). Users are simulated (``simulator``: overrides;
     style preference over ``gt_style``).
     """
     src, root = Path(source), Path(out)
     _check_options(topic, missing_images, content, query_words)
+    resolve_overlap(content_overlap)  # a bad value fails before any copying
     if not src.is_dir():
         raise DatasetError("not a directory (expected an emoji-styles folder with emoji.csv "
                            "and images/<style>/)", file=str(src))
@@ -225,12 +233,15 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
                                language, stats)
     names = _style_names(src, styles)
     rng = np.random.default_rng([seed, 14])
-    records, queries = [], {}
+    records, queries, per_emoji = [], {}, []
     for _, row in rows:
         vocab = emoji_queries(row, stats)
         stats["emoji_without_queries"] += not vocab
-        text, qs = content_and_queries(vocab, row["label"].strip(), _split(row["tags"]),
-                                       query_words, rng, stats)
+        per_emoji.append(content_and_queries(vocab, row["label"].strip(), _split(row["tags"]),
+                                             query_words, rng, stats))
+    texts, overlap = plant_overlap([t for t, _ in per_emoji], [q for _, q in per_emoji],
+                                   resolve_overlap(content_overlap), seed)
+    for (_, row), text, (_, qs) in zip(rows, texts, per_emoji):
         for style in names:
             image = _style_image(src, root, row["hexcode"], style, missing_images, stats)
             if image is False:
@@ -270,10 +281,12 @@ def build_emoji_styles(source: str | Path, out: str | Path, *, styles: str = "",
         "skipped": {"missing_images": stats["missing_images"]} if missing_images == "skip"
         and stats["missing_images"] else {},
         "build_stats": stats,
+        "content_overlap": overlap,
         "builder_params": dict(styles=",".join(names), topic=topic,
                                missing_images=missing_images, labels=labels, language=language,
                                content=content, query_words=query_words,
-                               tag_separators=tag_separators, seed=seed),
+                               tag_separators=tag_separators,
+                               content_overlap=content_overlap, seed=seed),
     }
     return write_dataset(root, stickers, clicks, meta)
 

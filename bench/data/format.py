@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from bench.data import integrity
+from bench.data import ids, integrity
 from bench.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ def _normalise_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     df = interactions.copy()
     for col in ("user_id", "query", "sticker_id"):
         df[col] = df[col].astype(str)
-    df["ts"] = df["ts"].astype("int64")
+    df["ts"] = ids.check_ts(df["ts"], "interactions")  # no silent int64 wrap
     return df[list(INTERACTION_COLUMNS) + [c for c in df.columns if c not in INTERACTION_COLUMNS]] \
         .reset_index(drop=True)
 
@@ -228,17 +230,17 @@ def _check_string_column(df: pd.DataFrame, col: str, file: str, nullable: bool =
 
 
 def _check_ids(values: pd.Series, file: str, col: str) -> pd.Series:
+    """An id column as strings, validated by :mod:`bench.data.ids` (no empty, padded or
+    control-character ids; no whitespace in sticker ids; whole finite numbers in float columns)."""
     if pd.api.types.is_float_dtype(values):
-        bad = values.isna() | (values != np.floor(values))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DatasetError(f"expected a string id, got {values.iloc[row]!r}",
-                               file=file, row=row, column=col)
-        return values.astype("int64").astype(str)
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype(str)
-    _check_string_column(values.to_frame(), col, file)
-    return values.astype(str)
+        out = ids.check_float_ids(values, file, col)
+    elif pd.api.types.is_integer_dtype(values):
+        out = values.astype(str)
+    else:
+        _check_string_column(values.to_frame(), col, file)
+        out = values.astype(str)
+    ids.check_id_text(out, file, col, trec=col == "sticker_id")
+    return out
 
 
 def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error") -> Dataset:
@@ -251,6 +253,17 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     replaced by the content's.
     """
     root = Path(path)
+    try:  # is_dir() would say False ("not a directory"), pyarrow fail on the surrogates
+        os.fsencode(root)
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = os.fsencode(root).decode("utf-8", "replace")  # undo surrogateescape
+        except UnicodeEncodeError:
+            shown = str(root)
+        raise DatasetError(f"the path does not fit the file-system encoding "
+                           f"{sys.getfilesystemencoding()} (from the locale): use a UTF-8 locale "
+                           "(LC_ALL=C.UTF-8) or PYTHONUTF8=1", file=shown) from None
     if not root.is_dir():
         raise DatasetError("not a directory (expected a dataset directory with "
                            f"{STICKERS_FILE}, {INTERACTIONS_FILE}, {META_FILE})", file=str(root))
@@ -261,10 +274,15 @@ def load_dataset(path: str | Path, on_invalid: Literal["error", "skip"] = "error
     inter = _load_interactions(root / INTERACTIONS_FILE)
     skipped: dict[str, int] = {}
     inter = _drop_invalid_clicks(inter, stickers, ifile, on_invalid, skipped)
+    inter, tied = ids.order_tied_clicks(inter, ifile)  # row order never decides a split
+    inter, _ = ids.cap_text(inter, ["query"], ifile)
+    stickers, _ = ids.cap_text(stickers, text_columns(stickers), sfile)
     images = stickers["image"]
     stickers, image_stats = integrity.apply_path_policy(stickers, root, sfile, on_invalid,
                                                         skipped)
     meta = integrity.verify_files(root, meta, images, image_stats)
+    if tied:
+        meta = {**meta, "tied_clicks": tied}
     return Dataset(stickers=stickers, interactions=inter, meta=meta, root=root, skipped=skipped)
 
 
@@ -311,21 +329,7 @@ def _load_interactions(path: Path) -> pd.DataFrame:
     inter["user_id"] = _check_ids(inter["user_id"], ifile, "user_id")
     inter["sticker_id"] = _check_ids(inter["sticker_id"], ifile, "sticker_id")
     _check_string_column(inter, "query", ifile)
-    ts = inter["ts"]
-    if not pd.api.types.is_integer_dtype(ts):
-        bad_row = 0
-        if pd.api.types.is_float_dtype(ts):
-            bad = (ts.isna() | (ts != np.floor(ts))).to_numpy()
-            if not bad.any():
-                inter["ts"] = ts.astype("int64")
-                ts = None
-            else:
-                bad_row = int(np.flatnonzero(bad)[0])
-        if ts is not None:
-            raise DatasetError(f"expected an integer timestamp (int64), column has dtype "
-                               f"{ts.dtype}; first value {ts.iloc[bad_row]!r}", file=ifile,
-                               row=bad_row, column="ts")
-    inter["ts"] = inter["ts"].astype("int64")
+    inter["ts"] = ids.check_ts(inter["ts"], ifile)
     return inter
 
 

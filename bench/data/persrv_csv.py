@@ -150,7 +150,12 @@ def _timestamps(values: list[str], lines: list[int], file: str, col: str) -> tup
     num = pd.to_numeric(s, errors="coerce")
     if num.notna().all():
         if (num == np.floor(num)).all():
-            return num.astype("int64").to_numpy(), "as given"
+            from bench.data.ids import check_ts
+            try:  # refuses values int64 cannot hold (no silent wrap to negative)
+                return check_ts(num, file).to_numpy(), "as given"
+            except DatasetError as exc:
+                raise DatasetError(str(exc).split(": ", 1)[-1], file=file,
+                                   row=lines[exc.row or 0], column=col) from None
         return np.round(num.to_numpy() * 1000).astype("int64"), "milliseconds (from seconds)"
     dt = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
     bad = dt.isna().to_numpy()

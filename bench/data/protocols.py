@@ -13,6 +13,14 @@
   ``validation: true`` holds out a second query (pseudo-user ``loqo-val-<sticker_id>``) on
   stickers with at least ``max(min_queries, 3)`` queries; it joins the field for the test run.
   The dataset's own (simulated) clicks are not used.
+- ``user-split``: the PerSRV authors' real-user protocol (U-Sticker, arXiv:2502.19108), for
+  datasets of real users: users are split 70 / 15 / 15 into train / validation / test (seeded by
+  ``seed``). An example is a user's sticker history before a search plus its query; the target
+  is the sticker sent; an example whose target is already in that history is removed. Each
+  validation or test user contributes one example, the *last* remaining one (a user has one
+  history in a :class:`Splits`): the user's uses before it are history (``train``), the uses
+  after it are dropped. Train users' uses are all history. Evaluation users without any example
+  are dropped; every count is in the report.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from bench.data.splits import (
 )
 from bench.errors import ConfigError, DatasetError
 
-PROTOCOLS = ("simulated-users", "leave-one-query-out")
+PROTOCOLS = ("simulated-users", "leave-one-query-out", "user-split")
+#: user-split: shares of users in train / validation / test
+USER_SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 QUERY_COLUMNS = ("gt_queries", "gt_raw_queries")
 FIELD_USER = "loqo-field"
 TEST_USER_PREFIX = "loqo-"
@@ -72,6 +82,8 @@ def protocol_splits(ds, protocol_cfg: Any = None, split_cfg: Any = None) -> Spli
                                    min_queries=int(_get(protocol_cfg, "min_queries", 2)),
                                    validation=bool(_get(protocol_cfg, "validation", False)),
                                    queries_column=_get(protocol_cfg, "queries_column", None))
+    if name == "user-split":
+        return user_split(ds.interactions, seed=int(_get(protocol_cfg, "seed", 0)))
     raise ConfigError(f"protocol.name = {name!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
@@ -161,5 +173,45 @@ def leave_one_query_out(ds, *, seed: int = 0, min_queries: int = 2, validation: 
         "dataset_clicks_not_used": int(len(ds.interactions))}
     splits = Splits(train, validation_clicks, test_clicks, SplitConfig(val_groups=int(validation)),
                     frozenset(), report)
+    report.update(unseen_query_report(splits))
+    return splits
+
+
+def user_split(interactions: pd.DataFrame, *, seed: int = 0,
+               fractions: tuple[float, float, float] = USER_SPLIT_FRACTIONS) -> Splits:
+    """The user-split protocol (module docstring); deterministic for a seed."""
+    df = interactions.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    users = np.sort(df["user_id"].astype(str).unique())
+    order = np.random.default_rng([seed, 16]).permutation(len(users))
+    n_val = int(round(fractions[1] * len(users)))
+    n_test = int(round(fractions[2] * len(users)))
+    role = pd.Series("train", index=users[order], dtype=object)
+    role.iloc[len(users) - n_val - n_test:len(users) - n_test] = "validation"
+    role.iloc[len(users) - n_test:] = "test"
+    user = df["user_id"].astype(str)
+    part = user.map(role).to_numpy(dtype=object)
+    # target already in the user's history: an earlier use of the same sticker by the user
+    repeat = df.duplicated(["user_id", "sticker_id"]).to_numpy()
+    pos = np.arange(len(df))
+    evaluated = part != "train"
+    candidate = pd.Series(np.where(evaluated & ~repeat, pos, -1)).groupby(user.to_numpy()).max()
+    example_pos = user.map(candidate).to_numpy()
+    is_example = evaluated & (pos == example_pos)
+    before = evaluated & (example_pos >= 0) & (pos < example_pos)
+    train_mask = (part == "train") | before
+    report: dict[str, Any] = {
+        "protocol": "user-split", "seed": int(seed), "fractions": list(fractions),
+        "users": int(len(users)), "train_users": int(len(users) - n_val - n_test),
+        "validation_users": int(n_val), "test_users": int(n_test),
+        "evaluation_uses_target_in_history": int((evaluated & repeat).sum()),
+        "evaluation_users_without_example": int(
+            len(set(user[evaluated])) - int(is_example.sum())),
+        "evaluation_uses_after_example_dropped": int((evaluated & (pos > example_pos)).sum()),
+        "evaluation_uses_of_users_without_example_dropped": int(
+            (evaluated & (example_pos < 0)).sum())}
+    splits = Splits(train=df.loc[train_mask].reset_index(drop=True),
+                    validation=df.loc[is_example & (part == "validation")].reset_index(drop=True),
+                    test=df.loc[is_example & (part == "test")].reset_index(drop=True),
+                    config=SplitConfig(), heldout_queries=frozenset(), report=report)
     report.update(unseen_query_report(splits))
     return splits

@@ -15,14 +15,16 @@ log = logging.getLogger(__name__)
 
 
 def built_dataset_dir(spec: DatasetSpec) -> Path:
-    """Where a dataset built from ``spec`` lives: ``spec.out`` or a content-keyed cache folder."""
+    """Where a dataset built from ``spec`` lives: ``spec.out`` or a cache folder keyed by the
+    builder, source and parameters. Whether a build there is reused is decided by
+    :func:`_params_key`, which also covers the source's content (:func:`source_digest`)."""
     if spec.out:
         return Path(spec.out)
-    from bench.features.cache import default_cache_dir
+    from bench.features.cache import datasets_cache_dir
     blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params},
                       sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return default_cache_dir().parent / "datasets" / f"{spec.builder}-{digest}"
+    return datasets_cache_dir() / f"{spec.builder}-{digest}"
 
 
 def resolve_dataset(spec: DatasetSpec) -> Dataset:
@@ -44,6 +46,9 @@ def resolve_dataset(spec: DatasetSpec) -> Dataset:
                 return ds
             log.warning("dataset at %s changed after it was built; building it again from %s",
                         out, spec.source)
+        else:
+            log.info("dataset at %s was built from other source content, parameters or builder "
+                     "code; building it again", out)
     from bench.data.builders import build_dataset
     log.info("building dataset %s into %s", spec.builder, out)
     ds = build_dataset(spec.builder, spec.source, out, dict(spec.params))
@@ -62,8 +67,39 @@ def builder_code_version() -> str:
 
 def _params_key(spec: DatasetSpec) -> str:
     blob = json.dumps({"builder": spec.builder, "source": spec.source, "params": spec.params,
-                       "code": builder_code_version()}, sort_keys=True, default=str)
+                       "code": builder_code_version(), "content": source_digest(spec)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def source_digest(spec: DatasetSpec) -> str | None:
+    """A digest of the CONTENT the build reads: ``spec.source`` and every string parameter that
+    names an existing file or folder (a folder: every file under it, by relative path and
+    bytes). An edited source CSV gives another digest, so the build is made again."""
+    paths = [spec.source] + [v for v in (spec.params or {}).values() if isinstance(v, str)]
+    h = hashlib.sha256()
+    found = False
+    for raw in paths:
+        if not raw:
+            continue
+        try:
+            path = Path(raw).expanduser()
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except (OSError, ValueError):
+            continue
+        if not (is_dir or is_file):
+            continue
+        found = True
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if is_dir else [path]
+        h.update(f"{raw}\0{len(files)}\0".encode("utf-8", "surrogateescape"))
+        for file in files:
+            rel = file.relative_to(path).as_posix() if is_dir else file.name
+            h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+    return h.hexdigest()[:16] if found else None
 
 
 def _stamp(out: Path, spec: DatasetSpec) -> None:

@@ -114,6 +114,25 @@ class Splits:
     def requests(self, target: str) -> Requests:
         return make_requests(getattr(self, target))
 
+    def future_pairs(self, target: str) -> int:
+        """Requests of ``target`` whose (query, relevant sticker) pair occurs in the fitting
+        clicks, but only in clicks made after the request (a request's time: its earliest
+        click). Non-zero only when the split lets later clicks of other users into the history
+        (``per_user``); harmless for stationary simulated users, a leak of the future on real
+        logs."""
+        ev, hist = getattr(self, target), self.history_for(target)
+        if not len(ev) or not len(hist) or "ts" not in ev or "ts" not in hist:
+            return 0
+        keys = ["user_id", "query"]
+        asked = ev.groupby(keys)["ts"].min().rename("asked")
+        first = hist.groupby(["query", "sticker_id"])["ts"].min().rename("first")
+        pairs = (ev[[*keys, "sticker_id"]].drop_duplicates().join(asked, on=keys)
+                 .join(first, on=["query", "sticker_id"]))
+        pairs["late"] = pairs["first"].notna() & (pairs["first"] > pairs["asked"])
+        pairs["before"] = pairs["first"].notna() & (pairs["first"] <= pairs["asked"])
+        per = pairs.groupby(keys).agg(late=("late", "any"), before=("before", "any"))
+        return int((per["late"] & ~per["before"]).sum())
+
     def counts(self) -> dict[str, int]:
         return {name: int(len(getattr(self, name))) for name in SPLITS}
 

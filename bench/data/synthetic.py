@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.data.content_overlap import plant_overlap, resolve_overlap
 from bench.data.format import Dataset, write_dataset
 from bench.data.simulate import simulate_clicks, simulator_config
 from bench.data.synthetic_render import (DEJAVU, NOTO_CJK, SHAPES, STYLES,  # noqa: F401
@@ -233,16 +234,27 @@ def style_embeddings(styles: pd.Series, dim: int, noise: float, seed: int) -> np
 def build_synthetic(source: Any, out: str | Path, *, n_stickers: int = 1000, images: bool = True,
                     language: str = "en", n_styles: int = 6, image_size: int = 192,
                     embedding_dim: int = 32, embedding_noise: float = 0.5, ocr_noise: float = 0.1,
-                    workers: int = 0, seed: int = 0, simulator: Any = None) -> Dataset:
+                    workers: int = 0, content_overlap: str = "calibrated", seed: int = 0,
+                    simulator: Any = None) -> Dataset:
     """Build a synthetic dataset in ``out`` (``source`` is ignored).
 
     With ``images``, PNGs go to ``out/images/<id>.png``; without, the ``embedding`` and
     ``ocr_text`` columns stand in for them. Users are simulated (``n_users`` 0 or unset:
     n_stickers // 40, clamped to 100..12,568); ``simulator`` holds overrides.
+    ``content_overlap``: ``calibrated`` (default) / a share writes a ``description`` column (a
+    simulated VLM description: "a <shape> sticker" plus query words of the sticker's
+    concept, planted so that share of (sticker, query) pairs overlap, as real human text does:
+    :mod:`bench.data.content_overlap`); ``adversarial`` writes none (captions only).
     """
     root = Path(out)
+    target = resolve_overlap(content_overlap)
     stickers, fill_index = synthetic_stickers(n_stickers, language, n_styles, seed)
     vocab = vocabulary(language)
+    overlap: dict[str, Any] = {"target": None}
+    if target is not None:
+        base = [f"a {sh} sticker" for sh in stickers["gt_shape"]]
+        stickers["description"], overlap = plant_overlap(
+            base, [vocab[c][1] for c in stickers["gt_topic"]], target, seed)
     if images:
         if not 32 <= image_size <= 1024:
             raise ConfigError(f"image_size = {image_size}: expected 32..1024")
@@ -269,11 +281,13 @@ def build_synthetic(source: Any, out: str | Path, *, n_stickers: int = 1000, ima
         "license": "CC0-1.0 (generated)",
         "languages": [language],
         "simulator": {**cfg.to_dict(), "stats": clicks.attrs.get("simulator_stats", {})},
+        "content_overlap": overlap,
         "builder_params": dict(n_stickers=n_stickers, images=images, language=language,
                                n_styles=n_styles, image_size=image_size,
                                embedding_dim=embedding_dim, embedding_noise=embedding_noise,
-                               ocr_noise=ocr_noise, seed=seed),
+                               ocr_noise=ocr_noise, content_overlap=content_overlap, seed=seed),
     }
-    cols = ["sticker_id", "image"] + [c for c in ("ocr_text", "embedding") if c in stickers] \
+    cols = ["sticker_id", "image"] + [c for c in ("ocr_text", "description", "embedding")
+                                      if c in stickers] \
         + ["gt_topic", "gt_caption", "gt_style", "gt_shape"]
     return write_dataset(root, stickers[cols], clicks, meta)

@@ -10,7 +10,8 @@ Mapping: ``from_id`` is the user; every message with a sticker is a click, order
 globally orderable). The query is the text of the message it replies to (``reply_id``) or else
 the same user's latest preceding text message in the file: ``query_from`` = ``reply`` |
 ``previous`` | ``reply-then-previous`` (default). Sticker uses without a query are counted and
-dropped (and stickers left without any click). ``sticker_id`` is the sticker's file name;
+dropped as clicks, but every sticker used in the corpus stays a sticker of the dataset (a
+candidate), with or without a click. ``sticker_id`` is the sticker's file name;
 ``gt_domain`` the domain of the conversations it is used in most (ground truth, never seen by
 retrievers). ``queries=CSV``: a StickerQueries release CSV joined on the file name (or, failing
 that, the name without extension) adds its human queries as the text column
@@ -135,8 +136,10 @@ def read_domains(path: Path) -> dict[int, str]:
 
 
 def conversation_clicks(path: Path, file_id: int, query_from: str, on_invalid: str,
-                        stats: Counter) -> list[tuple[str, str, str, int]]:
-    """``(user, query, sticker path, ts)`` of every sticker use with a query in one file."""
+                        stats: Counter, used: list[str] | None = None
+                        ) -> list[tuple[str, str, str, int]]:
+    """``(user, query, sticker path, ts)`` of every sticker use with a query in one file;
+    ``used`` (when given) receives the path of every sticker used, with a query or not."""
     messages, seen = [], {}
     for where, raw in read_messages(path):
         try:
@@ -160,6 +163,8 @@ def conversation_clicks(path: Path, file_id: int, query_from: str, on_invalid: s
         stats["messages"] += 1
         if sticker:
             stats["sticker_messages"] += 1
+            if used is not None:
+                used.append(sticker)
             query = text_of.get(reply, "") if reply is not None and query_from != "previous" \
                 else ""
             if query:
@@ -232,12 +237,14 @@ def build_u_sticker(source: str | Path, out: str | Path, *, images: str = "",
     for file_id, path in files:
         domain = domains.get(file_id, "unknown")
         stats["files_without_domain"] += file_id not in domains
+        used: list[str] = []
         for user, query, sticker, ts in conversation_clicks(path, file_id, query_from,
-                                                            on_invalid, stats):
+                                                            on_invalid, stats, used):
+            rows.append((user, query, Path(sticker.replace("\\", "/")).name, ts))
+        for sticker in used:  # every sticker used is in the corpus, with a query or not
             name = Path(sticker.replace("\\", "/")).name
             stats["sticker_name_collisions"] += path_of.setdefault(name, sticker) != sticker
             domain_uses[name][domain] += 1
-            rows.append((user, query, name, ts))
     if not rows:
         raise DatasetError("no sticker use has a query (query_from="
                            f"{query_from}); nothing to build", file=str(src))
@@ -268,6 +275,10 @@ def build_u_sticker(source: str | Path, out: str | Path, *, images: str = "",
         "languages": langs,
         "users": "real (from_id)",
         "ts_unit": f"file id x {FILE_TS_STRIDE} + message position in the file",
+        "ts_meaning": "message order: within a conversation file, the position of the message "
+                      "when the file's messages are sorted by message_id (the order they were "
+                      "sent); across files, the file id (conversations carry no dates, so the "
+                      "order across files is not real time)",
         "build_stats": dict(stats, files=len(files), domains=len(set(domains.values()))),
         "builder_params": dict(images=images, query_from=query_from, queries=queries,
                                on_invalid=on_invalid),

@@ -5,6 +5,9 @@ per-sticker rows stored as parquet *parts* written atomically (temp file + renam
 interrupted extraction (even ``kill -9``) leaves only whole parts behind and a re-run computes just
 the stickers no part holds yet. A re-run with every item present does no work.
 
+Entries whose rows are texts rather than stickers (dense-text's embeddings, one entry per model)
+use :func:`text_digest` as the row id in the ``sticker_id`` column.
+
 Default location: ``$PERSRV_BENCH_CACHE`` or the user's cache dir (``platformdirs``) + ``/features``.
 """
 
@@ -26,11 +29,26 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
+    """The feature cache: ``$PERSRV_BENCH_CACHE`` or ``<user cache dir>/persrv-bench/features``."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
     from platformdirs import user_cache_dir
     return Path(user_cache_dir("persrv-bench")) / "features"
+
+
+def datasets_cache_dir() -> Path:
+    """Where datasets built from a config are kept: ``$PERSRV_BENCH_CACHE/datasets`` (inside the
+    folder the user named, never beside it) or ``<user cache dir>/persrv-bench/datasets``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env) / "datasets"
+    return default_cache_dir().parent / "datasets"
+
+
+def text_digest(text: str) -> str:
+    """Row id of a per-text entry (e.g. dense-text's embeddings): SHA-256 of the UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _stable_json(obj: Any) -> str:

@@ -197,7 +197,9 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
         encoder = make_encoder(name, **cfg.encoder_params)
         t0 = time.perf_counter()
         details: dict[str, Any] = {}
-        embeddings, n_missing = embed_stickers(stickers, dataset.root, encoder, cache, fp,
+        # keyed by sticker ids + image bytes, not the dataset fingerprint: the clicks do not
+        # change an image's vector (beds rebuilt with other simulated users reuse them)
+        embeddings, n_missing = embed_stickers(stickers, dataset.root, encoder, cache, None,
                                                cfg.workers, progress=progress, details=details)
         report.update(encoder_model_id=encoder.model_id, embed_dim=int(embeddings.shape[1]),
                       embed_missing=int(n_missing),

@@ -7,7 +7,7 @@ Stickers come as PNG (often RGBA), JPEG, static or animated GIF and WebP, and so
 Reasons: ``no_image`` (no path), ``missing`` (no such file), ``empty`` (0 bytes), ``video``
 (webm/mp4/... by extension or magic bytes), ``truncated`` (decoder ran out of data),
 ``too_large`` (a side over :data:`MAX_SIDE` or an area over :data:`MAX_PIXELS`, read from the
-header before anything is decoded, or Pillow's decompression-bomb guard), ``unreadable`` (anything
+header of EVERY frame or page read before it is decoded, or Pillow's decompression-bomb guard), ``unreadable`` (anything
 else Pillow rejects).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -124,20 +124,43 @@ def _pick_frames(n_frames: int, frames: int) -> list[int]:
     return sorted({round(i * (n_frames - 1) / (k - 1)) for i in range(k)})
 
 
+def frame_extent(im: Image.Image) -> tuple[int, int]:
+    """The size the current frame will be decoded at, from its header (``im.size`` and the
+    tile extents after ``seek``): nothing is decoded."""
+    width, height = im.size
+    for tile in getattr(im, "tile", None) or []:
+        extents = tile[1] if len(tile) > 1 else None
+        if extents and len(extents) == 4:
+            width, height = max(width, int(extents[2])), max(height, int(extents[3]))
+    return width, height
+
+
 def _read_frames(p: Path, frames: int) -> list[Image.Image]:
-    """Decoded RGBA frames (evenly spaced over the animation, first frame always included)."""
+    """Decoded RGBA frames (evenly spaced over the animation, first frame always included).
+
+    Every frame up to the last one wanted is bounded before it is decoded: after ``seek`` its
+    header size (:func:`frame_extent`) must pass :func:`size_problem`, and the wanted frames
+    together too — Pillow decodes the frames in between to composite the next one, so a small
+    first frame cannot hide a huge later frame or page (GIF, multi-page TIFF, WebP, APNG)."""
     with Image.open(p) as im:  # reads the header only: the size is known before decoding
         n = int(getattr(im, "n_frames", 1) or 1)
         wanted = set(_pick_frames(n, frames))
         if size_problem(im.width, im.height, len(wanted)):
             raise ImageTooLarge(f"{im.width}x{im.height} px x {len(wanted)} frame(s)")
         out = []
-        for i, frame in enumerate(ImageSequence.Iterator(im)):
+        stacked = 0
+        for i in range(max(wanted) + 1):
+            if i:
+                im.seek(i)  # reads frame i's header; decodes frame i-1 (already bounded)
+            width, height = frame_extent(im)
+            if size_problem(width, height):
+                raise ImageTooLarge(f"frame {i}: {width}x{height} px")
             if i in wanted:
-                frame.load()
-                out.append(to_rgba(frame.copy()))
-            if i >= max(wanted):
-                break
+                stacked += width * height
+                if stacked > MAX_PIXELS:
+                    raise ImageTooLarge(f"frames 0..{i}: {stacked} px in total")
+                im.load()
+                out.append(to_rgba(im.copy()))
     # drop consecutive duplicate frames (animations often repeat a still)
     uniq: list[Image.Image] = []
     for fr in out:

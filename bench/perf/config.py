@@ -67,6 +67,7 @@ class PerfConfig:
     help_check: bool = True
     dataset_dir: str | None = None
     batch_size: int = 2048
+    fill: str = "popularity"  #: list-length policy, as the runner's ``evaluation.fill``
 
     @property
     def ks(self) -> list[int]:

@@ -9,7 +9,6 @@ stage's peak is the largest sample while it ran, the process peak is ``VmHWM``
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import resource
 import subprocess
@@ -192,7 +191,8 @@ def _as_searched(retriever, k: int):
     """The retriever whose recall/personalize ``search`` runs: with ``pool_per_k`` > 0
     (``persrv-reference``) the recall depth is ``pool_per_k x k``, as in ``PerSRV.search``."""
     per_k = int(getattr(retriever, "pool_per_k", 0) or 0)
-    if per_k > 0 and hasattr(retriever, "with_params"):
+    from bench.registry import supports_with_params
+    if per_k > 0 and supports_with_params(retriever):
         return retriever.with_params(pool=max(1, per_k * int(k)), pool_per_k=0)
     return retriever
 
@@ -204,8 +204,8 @@ def measure_retriever(name: str, data: PerfData, cfg: PerfConfig, clock: StageCl
     PerSRV's search is timed in its parts (``recall``, ``rerank`` = personalize, ``results`` =
     the Run), its fit through :data:`FIT_STAGES`; a retriever without those has ``index`` (fit)
     and ``recall`` (the whole search)."""
-    from bench.metrics import evaluate_run, metric_name
-    from bench.retrieval import Run, iter_batches
+    from bench.eval_loop import EvalSettings, score_run, search_run
+    from bench.metrics import metric_name
     from bench.registry import get_params, make_retriever
     label = label or name
     params = retriever_params(name, cfg)
@@ -222,29 +222,29 @@ def measure_retriever(name: str, data: PerfData, cfg: PerfConfig, clock: StageCl
                 retriever.fit(data.view)
         fit_s = time.perf_counter() - fit0
     shared = _recall_cached(retriever, queries)
-    run = Run(name=label)
     k = int(cfg.k)
     searcher = _as_searched(retriever, k)
     split = all(hasattr(retriever, m) for m in ("recall", "personalize", "to_run")) and \
         k <= int(getattr(searcher, "pool", 0))
+
+    def staged_search(_retriever, batch: list, depth: int):
+        if not split:
+            with clock.stage(label, "recall"):
+                return retriever.search(batch, depth)
+        with clock.stage(label, "recall"):
+            pool = searcher.recall(batch)
+        with clock.stage(label, "rerank"):
+            ids, scores = searcher.personalize(pool, batch, depth)
+        with clock.stage(label, "results"):
+            return searcher.to_run(batch, ids, scores)
+
+    settings = EvalSettings(ks=tuple(cfg.ks), depth=k, batch_size=cfg.batch_size,
+                            fill=cfg.fill)
     search0 = time.perf_counter()
-    for batch in iter_batches(reqs, cfg.batch_size):
-        batch = list(batch)
-        if split:
-            with clock.stage(label, "recall"):
-                pool = searcher.recall(batch)
-            with clock.stage(label, "rerank"):
-                ids, scores = searcher.personalize(pool, batch, k)
-            with clock.stage(label, "results"):
-                run.results.update(searcher.to_run(batch, ids, scores).results)
-        else:
-            with clock.stage(label, "recall"):
-                part = retriever.search(batch, k)
-                for req in batch:
-                    run[req] = list(part.results.get(req, []))[:k]
+    run = search_run(retriever, reqs, k, cfg.batch_size, search=staged_search, name=label)
     search_s = time.perf_counter() - search0
     with clock.stage(label, "metrics"):
-        _, macro, _ = evaluate_run(run, data.requests, cfg.ks)
+        macro = score_run(run, data.requests, settings, data.fill_order).macro
     e2e = time.perf_counter() - t0
     stages = clock.of(label)
     other = fit_s - sum(stages[s]["seconds"] for s in ("index", "utility", "clusters")
@@ -273,21 +273,26 @@ def measure_sweep_trial(data: PerfData, cfg: PerfConfig, clock: StageClock,
     a PerSRV fitted once on train (``base fit``, paid once per study) answers the default trial
     first (``first trial``: recall pools computed), then the timed trial
     ``with_params(n_clusters=...)`` re-clusters every user, re-ranks and scores."""
-    from bench.metrics import evaluate_run, metric_name
-    from bench.retrieval import Run, iter_batches
+    from bench.eval_loop import EvalSettings, score_run, search_run
+    from bench.listing import FillOrder
+    from bench.metrics import metric_name
     from bench.registry import make_retriever
-    view = dataclasses.replace(data.view, clicks=data.splits.history_for("validation"))
+    from bench.retrieval import leak_safe_view
+    view = leak_safe_view(data.view.stickers, data.splits.history_for("validation"),
+                          meta=data.view.meta, root=data.view.root,
+                          embeddings=data.view.embeddings, cache=data.view.cache,
+                          seed=data.view.seed)
     requests = cap_requests(data.splits.requests("validation"), cfg.requests)
+    settings = EvalSettings(ks=tuple(cfg.ks), depth=int(cfg.k), batch_size=cfg.batch_size,
+                            fill=cfg.fill)
+    fill = FillOrder.from_view(view.stickers, view.clicks)
 
     def evaluate(retriever, owner: str) -> float:
-        run = Run(name="persrv")
         with clock.stage(owner, "search"):
-            for batch in iter_batches(requests.requests, cfg.batch_size):
-                part = retriever.search(list(batch), cfg.k)
-                for req in batch:
-                    run[req] = list(part.results.get(req, []))[:cfg.k]
+            run = search_run(retriever, requests.requests, int(cfg.k), cfg.batch_size,
+                             name="persrv")
         with clock.stage(owner, "metrics"):
-            _, macro, _ = evaluate_run(run, requests, cfg.ks)
+            macro = score_run(run, requests, settings, fill).macro
         return macro[metric_name("m_mrr", cfg.k)]
 
     with clock.stage("sweep-base", "fit"):

@@ -21,6 +21,8 @@ subprocess (``python -m bench.perf build``) so its time and memory stay out of t
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import hashlib
 import json
 import subprocess
@@ -51,6 +53,12 @@ class PerfData:
     view: Any          # TrainView for the test run (train + validation clicks)
     n_requests_all: int
     built_s: float | None
+
+    @cached_property
+    def fill_order(self):
+        """The fitting clicks' popularity order (:mod:`bench.listing`), computed once."""
+        from bench.listing import FillOrder
+        return FillOrder.from_view(self.view.stickers, self.view.clicks)
 
 
 # ------------------------------------------------------------------------------------ zipf
@@ -178,8 +186,8 @@ def _zipf_key(size: int, seed: int) -> str:
 
 
 def zipf_dir(size: int, seed: int) -> Path:
-    from bench.features.cache import default_cache_dir
-    return default_cache_dir().parent / "datasets" / f"perf-zipf-{_zipf_key(size, seed)[:12]}"
+    from bench.features.cache import datasets_cache_dir
+    return datasets_cache_dir() / f"perf-zipf-{_zipf_key(size, seed)[:12]}"
 
 
 def _check(workload: str) -> None:

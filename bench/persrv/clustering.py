@@ -50,6 +50,8 @@ LINKAGES = ("ward", "average", "complete", "single")
 COVARIANCES = ("full", "diag", "spherical", "tied")
 NOISE = ("singleton", "drop")
 KMEANS_IMPLS = ("batched", "sklearn")
+#: Clusters per user unless configured (PerSRV's ``n_clusters`` default too).
+DEFAULT_N_CLUSTERS = 5
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class ClusterConfig:
     """
 
     algorithm: str = "kmeans"
-    n_clusters: int = 5
+    n_clusters: int = DEFAULT_N_CLUSTERS
     min_cluster_size: int = 2
     min_samples: int | None = None
     allow_single_cluster: bool = True

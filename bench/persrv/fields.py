@@ -44,9 +44,10 @@ block is scored by one sparse product (and boosts can change without re-indexing
 :meth:`MultiFieldBM25.with_boosts`). The top ``pool`` of each row are selected on packed int64
 keys (score bits, sticker position), which makes ties break by sticker position.
 
-Fitting tokenizes each field once per process: the per-field term counts are kept in a small LRU
-cache keyed by (tokenizer settings, a hash of the field's texts), so PerSRV's ablations, which
-share fields, index them once (:func:`clear_cache`).
+Fitting tokenizes each field once per run: given the run's ``context``
+(:class:`bench.run_context.RunContext`), the per-field term counts are kept in its LRU keyed by
+(tokenizer settings, a hash of the field's texts), so PerSRV's ablations, which share fields,
+index them once.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import scipy.sparse as sp
 
 from bench.progress import track
 from bench.bm25 import scoring
-from bench.bm25.index import (CACHE_SIZE, FieldCounts, bm25_weights, clear_cache,  # noqa: F401
+from bench.bm25.index import (CACHE_SIZE, FieldCounts, bm25_weights,  # noqa: F401
                               count_terms, field_counts, texts_digest, tokenizer_key)
 from bench.bm25.scoring import n_threads, pack_keys, top_k_csr, unpack_keys  # noqa: F401
 
@@ -81,21 +82,22 @@ class MultiFieldBM25:
     used when present); default ``Tokenizer()``. ``k1``, ``b``: BM25 parameters. ``k1_plus_one``:
     multiply the tf part by (k1 + 1) as Lucene <= 7 did (default False: Lucene >= 8). ``dtype``:
     weight precision (float32; float64 for exact checks through :meth:`score_matrix`; pooled
-    scores are float32 either way). ``use_cache``: share field term counts through the
-    per-process cache. ``n_threads``: blocks of queries scored in parallel (default: the CPUs
+    scores are float32 either way). ``context``: the run's
+    :class:`~bench.run_context.RunContext`, through which field term counts are shared (None:
+    nothing shared). ``n_threads``: blocks of queries scored in parallel (default: the CPUs
     available, at most 4).
     """
 
     def __init__(self, fields: Mapping[str, float], tokenizer: Callable | None = None,
                  k1: float = 1.2, b: float = 0.75, k1_plus_one: bool = False,
-                 dtype=np.float32, use_cache: bool = True, n_threads: int | None = None):
+                 dtype=np.float32, context: Any = None, n_threads: int | None = None):
         self.fields = dict(fields)
         self.tokenizer = tokenizer
         self.k1 = k1
         self.b = b
         self.k1_plus_one = k1_plus_one
         self.dtype = np.dtype(dtype)
-        self.use_cache = use_cache
+        self.context = context
         self.n_threads = n_threads
         self._check()
 
@@ -129,7 +131,7 @@ class MultiFieldBM25:
         self.count_keys_: dict[str, tuple | None] = {}
         blocks, offsets, start = [], {}, 0
         for f in track(self.fields, "BM25 index", "fields"):
-            counts = field_counts(texts_by_field[f], self.tokenizer, self.use_cache)
+            counts = field_counts(texts_by_field[f], self.tokenizer, self.context)
             self.counts_[f] = counts
             self.count_keys_[f] = counts.key
             blocks.append(bm25_weights(counts, self.k1, self.b, self.k1_plus_one, self.dtype))

@@ -1,26 +1,27 @@
-"""PerSRV's recall pools and their per-process cache (shared by retrievers with identical recall).
+"""PerSRV's recall pools and their caches, owned by a fitted retriever.
 
 A :class:`RecallPool` holds the top ``pool`` stickers of distinct queries; a :class:`RecallCache`
 the pools computed so far for one recall configuration (fields, boosts, BM25 parameters, pool
-width, utility vector: :func:`recall_cache` keys them), so ``persrv`` and
-``persrv-no-personalization`` recall each query once.
+width, utility vector). :class:`RecallCaches` keeps the last few configurations of one fitted
+PerSRV and every copy ``with_params`` derives from it (a sweep over re-rank or cluster
+parameters recalls each query once). Nothing is shared between separately fitted retrievers,
+so the search time of one never depends on another having run first.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from bench.retrieval import Request
+from bench.run_context import LRUCache
 
-#: Recall caches kept for reuse by other retrievers with identical recall (each holds the pools
-#: of every query it has seen: ~0.5 GB at paper scale).
+#: Recall configurations kept per fitted retriever (each cache holds the pools of every query it
+#: has seen: ~0.5 GB at paper scale).
 RECALL_CACHE_SIZE = 2
-_RECALL_CACHES: "OrderedDict[tuple, RecallCache]" = OrderedDict()
 
 
 @dataclass
@@ -73,15 +74,16 @@ def digest(array: np.ndarray | None) -> str | None:
 
 
 
-def recall_cache(key: tuple | None) -> RecallCache:
-    """The shared cache of recall configuration ``key`` (a fresh private one for None); the
-    least recently used of more than ``RECALL_CACHE_SIZE`` caches is dropped."""
-    if key is None:
-        return RecallCache()
-    cache = _RECALL_CACHES.get(key)
-    if cache is None:
-        cache = _RECALL_CACHES[key] = RecallCache()
-    _RECALL_CACHES.move_to_end(key)
-    while len(_RECALL_CACHES) > RECALL_CACHE_SIZE:
-        _RECALL_CACHES.popitem(last=False)
-    return cache
+class RecallCaches:
+    """The recall caches of one fitted PerSRV and its ``with_params`` copies, by recall
+    configuration; the least recently used of more than ``RECALL_CACHE_SIZE`` is dropped."""
+
+    def __init__(self, size: int = RECALL_CACHE_SIZE):
+        self._caches = LRUCache(size)
+
+    def get(self, key: tuple | None) -> RecallCache:
+        """The cache of recall configuration ``key`` (a fresh private one for None)."""
+        if key is None:
+            return RecallCache()
+        cache = self._caches.get(key)
+        return cache if cache is not None else self._caches.put(key, RecallCache())

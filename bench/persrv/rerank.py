@@ -19,6 +19,8 @@ ever raises a score. The bounds above still hold (they always include the unchan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from bench.persrv.clustering import UserClusters, inverse_norms, single_threaded_blas
@@ -91,12 +93,33 @@ def _candidates(ids_t, s_t, cos_lo, w, mode, kk):
     return ids_t, s_t, cand, ub
 
 
+@dataclass
+class RerankInputs:
+    """What every re-rank starts with (:func:`prepare_rerank`): the inputs as arrays, the
+    outputs allocated, and the requests still to re-rank.
+
+    ``pool_ids`` (n_pools, P) int sticker rows, ``pool_scores`` float32; ``users`` (n,) int64
+    cluster row per request (-1: unknown); ``pool_row`` (n,) the pool row of each request;
+    ``k`` the list length, ``width`` P, ``kk`` min(k, P); ``out_ids`` int32 (n, k) -1 padded and
+    ``out_scores`` float32 -inf padded (requests whose user has no clusters already hold their
+    pool's top k); ``todo`` the request rows to re-rank."""
+
+    pool_ids: np.ndarray
+    pool_scores: np.ndarray
+    users: np.ndarray
+    pool_row: np.ndarray
+    k: int
+    width: int
+    kk: int
+    out_ids: np.ndarray
+    out_scores: np.ndarray
+    todo: np.ndarray
+
+
 def prepare_rerank(pool_ids, pool_scores, request_user_index, clusters: UserClusters,
-                   mode: str, k: int | None, pool_row):
-    """What every re-rank starts with: the inputs as arrays, the outputs allocated (ids -1,
-    scores -inf), and requests whose user has no clusters answered with their pool's top ``k``.
-    Returns (pool_ids, pool_scores, users, pool_row, k, P, min(k, P), out_ids, out_scores,
-    rows still to re-rank)."""
+                   mode: str, k: int | None, pool_row) -> RerankInputs:
+    """The :class:`RerankInputs` of a re-rank: inputs as arrays, outputs allocated (ids -1,
+    scores -inf), and requests whose user has no clusters answered with their pool's top ``k``."""
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
     pool_ids = np.asarray(pool_ids)
@@ -112,15 +135,15 @@ def prepare_rerank(pool_ids, pool_scores, request_user_index, clusters: UserClus
     out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     kk = min(k, P)
     if nq == 0 or k == 0 or P == 0:
-        return (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
-                np.zeros(0, dtype=np.int64))
+        return RerankInputs(pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+                            np.zeros(0, dtype=np.int64))
     n_cl = np.where(users >= 0, clusters.n_clusters[np.maximum(users, 0)], 0) \
         if len(clusters) else np.zeros(nq, dtype=np.int64)
     plain = np.flatnonzero(n_cl == 0)
     out_ids[plain, :kk] = pool_ids[prow[plain], :kk]
     out_scores[plain, :kk] = pool_scores[prow[plain], :kk]
-    return (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
-            np.flatnonzero(n_cl > 0))
+    return RerankInputs(pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
+                        np.flatnonzero(n_cl > 0))
 
 
 def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np.ndarray,
@@ -138,11 +161,12 @@ def rerank(pool_ids: np.ndarray, pool_scores: np.ndarray, request_user_index: np
     ties by pool position. ``k`` defaults to P (the whole pool re-ranked). ``n_threads``:
     request chunks re-ranked in parallel (default: available CPUs, at most 4). ``never_lower``:
     a score is only ever raised (the reference's rule)."""
-    (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
-     todo) = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k,
-                            pool_row)
+    prep = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k, pool_row)
+    out_ids, out_scores, todo = prep.out_ids, prep.out_scores, prep.todo
     if todo.size == 0:
         return out_ids, out_scores
+    pool_ids, pool_scores, users, prow, kk = (prep.pool_ids, prep.pool_scores, prep.users,
+                                              prep.pool_row, prep.kk)
     if inv_norms is None:
         inv_norms = inverse_norms(embeddings)
     w = float(weight)

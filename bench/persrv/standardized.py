@@ -83,11 +83,12 @@ def rerank_standardized(pool_ids: np.ndarray, pool_scores: np.ndarray,
     and one whose upper bound is below the k-th largest lower bound of its row cannot enter the
     top k. The candidates are scored left-aligned, rows in blocks of similar candidate counts;
     ``n_threads``: request chunks scored in parallel (default: available CPUs, at most 4)."""
-    (pool_ids, pool_scores, users, prow, k, P, kk, out_ids, out_scores,
-     todo) = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k,
-                            pool_row)
+    prep = prepare_rerank(pool_ids, pool_scores, request_user_index, clusters, mode, k, pool_row)
+    out_ids, out_scores, todo = prep.out_ids, prep.out_scores, prep.todo
     if todo.size == 0:
         return out_ids, out_scores
+    pool_ids, pool_scores, users, prow = prep.pool_ids, prep.pool_scores, prep.users, prep.pool_row
+    P, kk = prep.width, prep.kk
     w, d = float(weight), embeddings.shape[1]
 
     if P <= WHOLE_POOL:  # small pools (the reference's 5 x k): scored whole, as before

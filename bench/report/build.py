@@ -54,12 +54,15 @@ def _write_tables(rf: RunFolder, stats: Stats, seg: pd.DataFrame, out: Path) -> 
 
 def _write_plots(rf: RunFolder, stats: Stats, curve_stats: Stats, out: Path,
                  seed: int) -> dict[str, Path]:
-    """m_mrr_curves.png, ablation.png (with persrv* ablations), user_clusters.png (with a history
-    sample); one style per retriever, shared with the runner's plots/ (same label set)."""
+    """leaderboard.png, m_mrr_curves.png (the few retrievers that matter), ablation.png (with
+    persrv* ablations), user_clusters.png (with a history sample); one style per retriever, shared with the runner's plots/ (same label set)."""
+    from bench.report.leaderboard import leaderboard
     styles = plots.style_for([*rf.labels, *rf.failed])
     main = metric_name("m_mrr", max(rf.ks))
-    paths = (plots.plot_curves(curve_stats.summary, rf.labels, rf.ks, out / "m_mrr_curves.png",
-                               styles),
+    board = leaderboard(rf, main, stats.n_boot, seed)
+    paths = (plots.plot_leaderboard(board, out / "leaderboard.png"),
+             plots.plot_curves(curve_stats.summary, rf.labels, rf.ks, out / "m_mrr_curves.png",
+                               styles, baseline=stats.baseline, names=rf.names),
              plots.plot_ablation(curve_stats.summary, stats.significance, *ablation_group(rf),
                                  main, out / "ablation.png", styles),
              plots.plot_user_clusters(rf.history, out / "user_clusters.png", seed=seed))
@@ -78,6 +81,59 @@ def _differences_section(rf: RunFolder, stats: Stats) -> list[str]:
            "|---|" + "---:|" * len(cols)]
     return md + [f"| {lb} | " + " | ".join(wide.at[lb, c] for c in cols) + " |"
                  for lb in rf.labels if lb in wide.index]
+
+
+def _floor_section(rf: RunFolder, main: str) -> list[str]:
+    """Δ of the headline vs the best floor baseline (paired 95% CI over users), with each
+    retriever's tie-aware value and coverage when the per-request files carry them, and how
+    often this dataset's evaluation split has been evaluated (the output folder's ledger)."""
+    from bench.report.stats import floor_deltas
+    floor, deltas = floor_deltas(rf.per_request, rf.names, main)
+    if floor is None:
+        return []
+    coverage = {}
+    if (rf.path / "results.csv").is_file():
+        table = pd.read_csv(rf.path / "results.csv")
+        if "coverage" in table:
+            coverage = dict(zip(table["retriever"].astype(str), table["coverage"]))
+    md = ["", f"## Against the strongest floor baseline (`{floor}`, {pretty(main)})", "",
+          "Floor baselines: query-lookup, user-history, popularity (docs/ARCHITECTURE.md, "
+          "'Fair comparison'). Δ = retriever − floor, mean over users, 95% paired bootstrap CI.",
+          "", f"| retriever | {pretty(main)} | tie-aware | coverage | Δ vs {floor} [95% CI] |",
+          "|---|---:|---:|---:|---:|"]
+    for lb in rf.labels:
+        df = rf.per_request[lb]
+        tie = df[main + "_tie_aware"] if main + "_tie_aware" in df else None
+        coverage = {k: v for k, v in coverage.items() if v == v}  # NaN: not measured
+        users = df.groupby(df["user_id"].astype(str))
+        value = users[main].mean().mean()
+        tie_v = f"{users[main + '_tie_aware'].mean().mean():.4f}" if tie is not None else "–"
+        cov = f"{coverage[lb]:.0%}" if lb in coverage else "–"
+        d = deltas.get(lb)
+        delta = "(floor)" if lb == floor else (f"{d[0]:+.4f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+                                               if d else "–")
+        md.append(f"| {lb} | {value:.4f} | {tie_v} | {cov} | {delta} |")
+    return md
+
+
+def _evaluations_line(rf: RunFolder) -> list[str]:
+    """How many evaluations per split this dataset has had in the run's output folder (the
+    ledger ``bench.experiment`` keeps beside the run folders)."""
+    import json
+    try:
+        report = json.loads((rf.path / "data_report.json").read_text(encoding="utf-8"))
+        fingerprint = str(report.get("dataset", {}).get("fingerprint", ""))
+        ledger = rf.path.parent / "evaluations.json"
+        entry = json.loads(ledger.read_text(encoding="utf-8")).get(fingerprint) \
+            if fingerprint and ledger.exists() else None
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not entry:
+        return []
+    text = ", ".join(f"{split}: {n}" for split, n in sorted(entry.items()))
+    return ["", f"Evaluations of dataset `{fingerprint}` in this output folder: {text}. Choose "
+            "settings on validation; each test evaluation after the first is another look at "
+            "the test split."]
 
 
 def _ablation_section(stats: Stats, curve_stats: Stats, main: str) -> list[str]:
@@ -119,8 +175,8 @@ def report_folder(folder: str | Path, baseline: str | None = None, out: str | Pa
 
     Files (keys of the returned dict): report.md, report.html (the same, self-contained: images
     inlined), summary.md (the main table + legend), summary.csv, significance.csv, segments.csv,
-    summary.tex, and the PNGs m_mrr_curves.png, ablation.png (when there are ``persrv*``
-    ablations), user_clusters.png (with a history sample).
+    summary.tex, and the PNGs leaderboard.png, m_mrr_curves.png, ablation.png (when there are
+    ``persrv*`` ablations), user_clusters.png (with a history sample).
     """
     rf = load_folder(folder)
     cols = resolve_metrics(rf, metrics)
@@ -144,8 +200,11 @@ def report_folder(folder: str | Path, baseline: str | None = None, out: str | Pa
     md += [f"{n_users} users, {n_requests} requests; baseline `{base}`."
            + (f" No results (failed): {', '.join(rf.failed)}." if rf.failed else ""), "",
            "## Summary", "", written["summary.md"].read_text(encoding="utf-8"),
+           "![leaderboard with 95% CI](leaderboard.png)", "",
            "![M-MRR@k with 95% CI](m_mrr_curves.png)", ""]
     md += _differences_section(rf, stats)
+    md += _floor_section(rf, main)
+    md += _evaluations_line(rf)
     md += _ablation_section(stats, curve_stats, main)
     if "ablation.png" in written:
         md += ["", "![ablations](ablation.png)"]

@@ -1,6 +1,7 @@
-"""Report plots (PNG, matplotlib Agg): M-MRR@k curves (with CI bands in the report, without in the
-runner's ``plots/``), ablation bars against the full PerSRV, and one sample user's history
-embeddings by cluster.
+"""Report plots (PNG, matplotlib Agg): the leaderboard (ranked bars with CIs, winner and best
+floor highlighted), M-MRR@k curves of the few retrievers that matter (with CI bands in the
+report, without in the runner's ``plots/``; every retriever on request), ablation bars against
+the full PerSRV, and one sample user's history embeddings by cluster.
 
 Every retriever keeps one look across every plot of a run: :func:`style_for` maps the run's labels
 to (colour, line style, marker) — baselines in grey tones with dashed lines, PerSRV variants in
@@ -31,6 +32,12 @@ _BLUE_LINES = ("-", (0, (6, 1.5)), "-.", (0, (1, 1)), (0, (3, 1, 1, 1, 1, 1)))
 _HUES = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22")
 _HUE_LINES = ("-", "-.", (0, (1, 1)), (0, (8, 2)))
 Style = tuple  # (colour, linestyle, marker)
+#: Highlights of the leaderboard and the per-k plot: the winner, the best floor baseline, others.
+WINNER_COLOUR = "#d95f02"
+FLOOR_COLOUR = "#222222"
+OTHER_BAR = "#a6bddb"
+#: Colours of the other few lines a per-k plot shows by default (colour-blind safe, Dark2).
+KEY_COLOURS = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e")
 
 
 def _group(label: str) -> str:
@@ -105,16 +112,47 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def highlighted(styles: dict[str, Style], winner: str | None, best_floor: str | None,
+                shown: list[str] | None = None
+                ) -> tuple[dict[str, Style], dict[str, str], dict[str, float]]:
+    """The run's styles with the winner drawn solid in the highlight colour and the best floor
+    baseline black and dashed; when only the few ``shown`` labels are drawn, the others among
+    them (but ``persrv``) get distinct colours of their own. Returns (styles, legend names
+    with their role, line widths)."""
+    styles = dict(styles)
+    names: dict[str, str] = {}
+    widths: dict[str, float] = {}
+    rest = [lb for lb in (shown or []) if lb not in (winner, best_floor, "persrv")]
+    for i, lb in enumerate(rest):
+        styles[lb] = (KEY_COLOURS[i % len(KEY_COLOURS)], "-.", styles.get(lb, (0, 0, "^"))[2])
+        widths[lb] = 1.8
+    if best_floor:
+        styles[best_floor] = (FLOOR_COLOUR, "--", styles.get(best_floor, (0, 0, "s"))[2])
+        names[best_floor] = f"{best_floor} (best floor)"
+        widths[best_floor] = 2.2
+    if winner:
+        styles[winner] = (WINNER_COLOUR, "-" if winner != best_floor else "--",
+                          styles.get(winner, (0, 0, "o"))[2])
+        names[winner] = f"{winner} (winner" + (", best floor)" if winner == best_floor else ")")
+        widths[winner] = 3.2
+    return styles, names, widths
+
+
 def curves_figure(series: dict[str, tuple], ks: list[int], styles: dict[str, Style],
-                  title: str):
+                  title: str, names: dict[str, str] | None = None,
+                  widths: dict[str, float] | None = None):
     """M-MRR@k against k, one line per label; ``series``: label -> (means, ci_low, ci_high), each
-    of length len(ks) (the bounds may be None: no band). Returns the matplotlib Figure."""
+    of length len(ks) (the bounds may be None: no band); ``names``/``widths``: legend text and
+    line width per label where not the defaults. Returns the matplotlib Figure."""
     plt = _pyplot()
+    names, widths = names or {}, widths or {}
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
     for lb, (mean, low, high) in series.items():
         colour, line, marker = styles.get(lb) or style_for([lb])[lb]
         ax.plot(ks, mean, color=colour, linestyle=line, marker=marker, markersize=5,
-                linewidth=linewidth_for(lb), label=lb, zorder=3 if lb == "persrv" else 2)
+                linewidth=widths.get(lb, linewidth_for(lb)), label=names.get(lb, lb),
+                zorder=4 if widths.get(lb, 0) >= 3 else 3 if lb in widths or lb == "persrv"
+                else 2)
         if low is not None and high is not None:
             ax.fill_between(ks, low, high, color=colour, alpha=0.12, linewidth=0)
     ax.set_xlabel("cutoff k (ranks)")
@@ -126,12 +164,45 @@ def curves_figure(series: dict[str, tuple], ks: list[int], styles: dict[str, Sty
     return fig
 
 
+def _winner_and_floor(means: dict[str, float], names: dict[str, str] | None = None):
+    """(label with the highest mean, strongest floor baseline or None); ties by label."""
+    from bench.report.stats import FLOOR_BASELINES
+    names = names or {}
+    if not means:
+        return None, None
+    winner = max(means, key=lambda lb: (means[lb], lb))
+    floors = {lb: v for lb, v in means.items() if names.get(lb, lb) in FLOOR_BASELINES}
+    return winner, (max(floors, key=lambda lb: (floors[lb], lb)) if floors else None)
+
+
+def _shown(labels: list[str], means: dict[str, float], names: dict[str, str] | None,
+           baseline: str | None, show: str | list[str]) -> tuple[list[str], str | None,
+                                                                   str | None]:
+    """The labels a per-k plot draws: ``show="key"`` the few that matter
+    (:func:`bench.report.leaderboard.key_labels`), ``"all"`` every one, or a list of labels."""
+    from bench.report.leaderboard import key_labels
+    winner, floor = _winner_and_floor(means, names)
+    if show == "all":
+        return list(labels), winner, floor
+    if show == "key":  # best first, so the legend reads in the order of the lines at the right
+        key = key_labels(labels, winner, floor, baseline)
+        return sorted(key, key=lambda lb: (-means[lb], lb)), winner, floor
+    missing = [lb for lb in show if lb not in labels]
+    if missing:
+        from bench.report.names import ReportError
+        raise ReportError(f"plot: no results for {', '.join(missing)}; have {', '.join(labels)}")
+    return list(show), winner, floor
+
+
 def plot_curves(summary: pd.DataFrame, labels: list[str], ks: list[int], path: Path,
-                styles: dict[str, Style] | None = None) -> Path:
+                styles: dict[str, Style] | None = None, *, show: str | list[str] = "key",
+                baseline: str | None = None, names: dict[str, str] | None = None) -> Path:
     """M-MRR@k against k per retriever, with its 95% bootstrap CI as a band.
 
     ``summary``: rows retriever, metric, mean, ci_low, ci_high (``m_mrr_at_{k}`` for each k);
-    ``styles`` (default ``style_for(labels)``): the run's retriever styles."""
+    ``styles`` (default ``style_for(labels)``): the run's retriever styles. ``show``: ``"key"``
+    (default: the winner, the best floor baseline, persrv, bm25 and ``baseline``, at most 5),
+    ``"all"``, or a list of labels. ``names``: label -> registered name (floor detection)."""
     rows = summary.set_index(["retriever", "metric"])
     series = {}
     for lb in labels:
@@ -140,19 +211,74 @@ def plot_curves(summary: pd.DataFrame, labels: list[str], ks: list[int], path: P
             sub = rows.loc[keys]
             series[lb] = (sub["mean"].to_numpy(float), sub["ci_low"].to_numpy(float),
                           sub["ci_high"].to_numpy(float))
-    fig = curves_figure(series, ks, styles or style_for(labels),
-                        "M-MRR@k per retriever (bands: 95% bootstrap CI over users)")
+    means = {lb: float(v[0][-1]) for lb, v in series.items()}
+    shown, winner, floor = _shown(list(series), means, names, baseline, show)
+    st, legend, widths = highlighted(styles or style_for(labels), winner, floor,
+                                     shown if show != "all" else None)
+    hidden = len(series) - len(shown)
+    title = "M-MRR@k (bands: 95% bootstrap CI over users)" + \
+        (f"; {hidden} more retrievers in the leaderboard" if hidden else "")
+    fig = curves_figure({lb: series[lb] for lb in shown}, ks, st, title, legend, widths)
     return save_figure(fig, path)
 
 
-def plot_m_mrr(table, ks: list[int], path: Path, styles: dict[str, Style] | None = None) -> Path:
-    """PNG: M-MRR@k against k, one line per retriever of the runner's results table (failed rows
-    are not drawn but keep their style slot, so the look matches the report's plots)."""
+def plot_m_mrr(table, ks: list[int], path: Path, styles: dict[str, Style] | None = None, *,
+               show: str | list[str] = "key", baseline: str | None = None) -> Path:
+    """PNG: M-MRR@k against k for the runner's results table: by default the few retrievers that
+    matter (see :func:`plot_curves`; ``show="all"`` draws every one). Failed rows are not drawn
+    but keep their style slot, so the look matches the report's plots."""
     styles = styles or style_for(table["retriever"])
     ok = table[table["status"] == "ok"]
     series = {str(row["retriever"]): ([row[f"m_mrr_at_{k}"] for k in ks], None, None)
               for _, row in ok.iterrows()}
-    return save_figure(curves_figure(series, ks, styles, "M-MRR@k per retriever"), path)
+    means = {lb: float(v[0][-1]) for lb, v in series.items()}
+    shown, winner, floor = _shown(list(series), means, None, baseline, show)
+    st, legend, widths = highlighted(styles, winner, floor, shown if show != "all" else None)
+    hidden = len(series) - len(shown)
+    title = "M-MRR@k per retriever" + (f" ({hidden} more in results.md)" if hidden else "")
+    return save_figure(curves_figure({lb: series[lb] for lb in shown}, ks, st, title, legend,
+                                     widths), path)
+
+
+def plot_leaderboard(board, path: Path, pretty_metric: str | None = None) -> Path:
+    """Ranked horizontal bars of the headline metric with 95% CI whiskers, best at the top,
+    each bar labelled with its value; the winner in the highlight colour, the best floor
+    baseline black (its mean a dashed line across the chart). ``board``: a
+    :class:`bench.report.leaderboard.Leaderboard`."""
+    plt = _pyplot()
+    t = board.table
+    m = board.metric
+    label = pretty_metric or pretty(m)
+    n = len(t)
+    fig, ax = plt.subplots(figsize=(7.6, 0.38 * n + 1.4), dpi=120)
+    y = np.arange(n)
+    mean = t[m].to_numpy(float)
+    err = np.vstack([mean - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - mean])
+    colours = [WINNER_COLOUR if lb == board.winner else FLOOR_COLOUR if lb == board.best_floor
+               else OTHER_BAR for lb in t["retriever"]]
+    ax.barh(y, mean, xerr=err, color=colours, height=0.7, capsize=3,
+            error_kw={"elinewidth": 1, "ecolor": "#555555"})
+    if board.best_floor is not None:
+        ax.axvline(float(t.set_index("retriever").at[board.best_floor, m]), color=FLOOR_COLOUR,
+                   linestyle="--", linewidth=1, zorder=0)
+    top = float(np.nanmax(t["ci_high"])) if n else 1.0
+    for yi, (lb, v, hi) in enumerate(zip(t["retriever"], mean, t["ci_high"].to_numpy(float))):
+        role = ", ".join(r for r, on in (("winner", lb == board.winner),
+                                         ("best floor", lb == board.best_floor)) if on)
+        ax.text(hi + top * 0.01, yi, f"{v:.3f}{'  ← ' + role if role else ''}", va="center",
+                fontsize=8, fontweight="bold" if role else "normal")
+    ax.set_yticks(y)
+    ax.set_yticklabels(t["retriever"], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.32 if top > 0 else 1)
+    ax.set_xlabel(f"{label} (mean over users; whiskers: 95% bootstrap CI)")
+    ax.set_title(f"Leaderboard: {label}, {n} retrievers"
+                 + (f" (dashed: best floor, {board.best_floor})" if board.best_floor else ""),
+                 fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return save_figure(fig, path)
 
 
 def plot_ablation(summary: pd.DataFrame, significance: pd.DataFrame, group: list[str],

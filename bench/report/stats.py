@@ -188,3 +188,42 @@ def compute_stats(rf: RunFolder, metrics: list[str], baseline: str, n_boot: int 
                               "ablation", *args))
     return Stats(metrics, baseline, summary, pd.concat(parts, ignore_index=True), test, n_boot,
                  n_perm, alpha)
+
+
+#: The floor baselines (registered names): a retriever that does not beat the strongest of them
+#: has learnt nothing a lookup table, the user's own history or popularity does not already say.
+FLOOR_BASELINES = ("query-lookup", "user-history", "popularity")
+
+
+def paired_delta_ci(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over the users both have (index = user id) and its percentile bootstrap
+    CI over users: (delta, low, high)."""
+    a, b = a.align(b, join="inner")
+    diff = (b - a).to_numpy(dtype=np.float64)
+    if len(diff) == 0:
+        return float("nan"), float("nan"), float("nan")
+    low, high = bootstrap_ci(diff, n_boot, seed, level)
+    return float(diff.mean()), float(low), float(high)
+
+
+def best_floor(per_request: dict[str, pd.DataFrame], names: dict[str, str], metric: str
+               ) -> str | None:
+    """The label of the strongest floor baseline (macro ``metric``) among ``per_request``'s
+    retrievers (``names``: label -> registered name); None when the run has none."""
+    floors = {lb: user_means(df, [metric])[metric].mean() for lb, df in per_request.items()
+              if names.get(lb) in FLOOR_BASELINES}
+    return max(floors, key=lambda lb: (floors[lb], lb)) if floors else None
+
+
+def floor_deltas(per_request: dict[str, pd.DataFrame], names: dict[str, str], metric: str,
+                 n_boot: int = 2000, seed: int = 0) -> tuple[str | None, dict[str, tuple]]:
+    """Per retriever, Δ ``metric`` vs the best floor baseline with its paired 95% CI over users:
+    (best floor label, {label: (delta, low, high)}); the floor itself is left out."""
+    floor = best_floor(per_request, names, metric)
+    if floor is None:
+        return None, {}
+    ref = user_means(per_request[floor], [metric])[metric]
+    out = {lb: paired_delta_ci(ref, user_means(df, [metric])[metric], n_boot, seed)
+           for lb, df in per_request.items() if lb != floor}
+    return floor, out

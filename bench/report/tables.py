@@ -22,12 +22,29 @@ SEGMENT_COLUMN_RE = re.compile(r"^(?:(?:m_mrr|mrr|recall|ndcg)_at_\d+|n)__(?P<se
 
 # ------------------------------------------------------------------------------------ run tables
 
-def results_table(results, ks: list[int]) -> pd.DataFrame:
-    """One row per retriever: macro metrics (the reported figures), timings, status.
+#: Per-retriever columns of the fair-comparison view (bench/listing.py, bench/metrics.py).
+FAIR_SUFFIXES = ("_tie_aware", "_as_returned")
+FAIR_COLUMNS = ("coverage", "tie_straddle_share")
 
-    ``results``: the runner's ``RetrieverResult`` list (label, macro, fit/search seconds, error).
-    Segment figures in ``macro`` (``m_mrr_at_20__refind``, ``n__refind``, ...) become extra
+
+def results_table(results, ks: list[int]) -> pd.DataFrame:
+    """One row per retriever: macro metrics (the reported figures), the headline metric
+    tie-aware and as returned, coverage, the share of requests with a tie straddling a relevant
+    sticker, Δ of the headline vs the best floor baseline with its paired 95% CI over users
+    (``delta_floor``, ``delta_floor_low``, ``delta_floor_high``; ``best_floor`` names it),
+    timings, status.
+
+    ``results``: the runner's ``RetrieverResult`` list (label, macro, per_request, fit/search
+    seconds, error). Segment figures (``m_mrr_at_20__refind``, ``n__refind``, ...) become extra
     columns after the timings, in the order first seen."""
+    from bench.report.stats import floor_deltas
+    main = metric_name("m_mrr", max(ks))
+    frames = {r.label: r.per_request for r in results
+              if not r.error and getattr(r, "per_request", None) is not None}
+    floor, deltas = floor_deltas(frames, {r.label: r.name for r in results}, main) \
+        if frames else (None, {})
+    fair = [c for c in [*(main + x for x in FAIR_SUFFIXES), *FAIR_COLUMNS]
+            if any(c in (r.macro or {}) for r in results)]  # runs of the one evaluation loop
     rows = []
     extra: list[str] = []
     for r in results:
@@ -35,6 +52,12 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
         for m in METRICS:
             for k in ks:
                 row[metric_name(m, k)] = r.macro.get(metric_name(m, k), float("nan"))
+        for col in fair:
+            row[col] = r.macro.get(col, float("nan"))
+        if floor is not None:
+            d = deltas.get(r.label, (float("nan"),) * 3)
+            row.update({"best_floor": floor, "delta_floor": d[0], "delta_floor_low": d[1],
+                        "delta_floor_high": d[2]})
         row["fit_s"] = round(r.fit_seconds, 2)
         row["search_s"] = round(r.search_seconds, 2)
         row["status"] = "failed" if r.error else "ok"
@@ -49,10 +72,12 @@ def results_table(results, ks: list[int]) -> pd.DataFrame:
 
 
 def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"),
-                 show_k: tuple[int, ...] | None = None, timings: bool = True) -> str:
-    """Markdown table of the main figures (M-MRR@k for every k, other metrics at the largest k),
-    then fit and search seconds unless ``timings`` is False (tables that must equal another
-    machine's run, like the README's).
+                 show_k: tuple[int, ...] | None = None, timings: bool = True,
+                 fair: bool = True) -> str:
+    """Markdown table of the main figures (M-MRR@k for every k, other metrics at the largest k);
+    with ``fair`` (when the table has them) the headline tie-aware and as returned, coverage and
+    Δ vs the best floor baseline [paired 95% CI]; then fit and search seconds unless ``timings``
+    is False (tables that must equal another machine's run, like the README's).
 
     Other columns of ``table`` (segment figures, ...) are left out; see
     :func:`format_segment_table`."""
@@ -61,17 +86,36 @@ def format_table(table, ks: list[int], metrics=("m_mrr", "mrr", "recall", "ndcg"
     cols += [metric_name(m, kmax) for m in metrics if m != "m_mrr"]
     cols = [c for c in cols if c in table.columns]
     main = metric_name("m_mrr", kmax)
+    fair_cols = [c for c in (main + "_tie_aware", main + "_as_returned", "coverage")
+                 if fair and c in table.columns]
+    floor = str(table["best_floor"].iloc[0]) if fair and "best_floor" in table.columns and \
+        len(table) and table["best_floor"].iloc[0] else ""
     full = table[(table["retriever"] == "persrv") & (table["status"] == "ok")]
     ablate = len(full) == 1 and table["retriever"].str.startswith("persrv-").any()
-    header = "| retriever | " + " | ".join(cols) + (" | fit s | search s |" if timings else " |")
+    titles = {main + "_tie_aware": f"{main} tie-aware", main + "_as_returned":
+              f"{main} as returned", "coverage": "coverage"}
+    header = "| retriever | " + " | ".join([*cols, *(titles[c] for c in fair_cols)]) + " |"
+    n_cols = len(cols) + len(fair_cols)
+    if floor:
+        header += f" Δ {main} vs {floor} [95% CI] |"
+        n_cols += 1
+    if timings:
+        header += " fit s | search s |"
+        n_cols += 2
     if ablate:  # mark each PerSRV ablation against the full model
         header += f" Δ {main} vs persrv |"
-    sep = "|---|" + "---:|" * (len(cols) + 2 * int(timings) + int(ablate))
-    lines = [header, sep]
+        n_cols += 1
+    lines = [header, "|---|" + "---:|" * n_cols]
     for _, row in table.iterrows():
         failed = row["status"] == "failed"
-        vals = " | ".join("failed" if failed else f"{row[c]:.4f}" for c in cols)
-        line = f"| {row['retriever']} | {vals} |"
+        vals = ["failed" if failed else f"{row[c]:.4f}" for c in [*cols, *fair_cols]]
+        line = f"| {row['retriever']} | " + " | ".join(vals) + " |"
+        if floor:
+            if failed or pd.isna(row["delta_floor"]):
+                line += " |"
+            else:
+                line += (f" {row['delta_floor']:+.4f} [{row['delta_floor_low']:+.3f}, "
+                         f"{row['delta_floor_high']:+.3f}] |")
         if timings:
             line += f" {row['fit_s']:.1f} | {row['search_s']:.1f} |"
         if ablate:

@@ -178,6 +178,9 @@ def _open_study(handle: StorageHandle, study_name: str, space: SearchSpace, key:
             study.set_user_attr(S.ATTR_OBJECTIVE, space.objective_name)
             study.set_user_attr(S.ATTR_SPACE, space.source)
             study.set_user_attr(S.ATTR_RETRIEVER, spec.display)
+            with warnings.catch_warnings():  # optuna-dashboard shows it, not "Objective 0"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([S.split_metric_key("validation", space.objective_name)])
         elif have != key:
             raise ConfigError(f"study {study_name!r} in {handle.display} was made with another "
                               f"space or experiment config (key {have}, now {key}); pass a new "
@@ -227,6 +230,9 @@ def run_sweep(space: SearchSpace | str | Path | dict, cfg: ExperimentConfig,
     space, spec, n_trials, sampler_kind, seed, study_name = _resolve_inputs(
         space, cfg, n_trials, sampler, seed, study_name)
     grid_points = space.grid_points() if sampler_kind == "grid" else None
+    from bench.secrets import register_tree, register_url
+    register_tree(cfg.model_dump(mode="json"))  # secret-named params: masked in every output
+    register_url(storage)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri) if cfg.tracking.enabled else None
     if uri:
         check_reachable(uri)
@@ -379,8 +385,8 @@ def _run_trial(worker: _Worker, trial) -> None:
     else:
         worker.echo(f"trial {trial.number} FAILED: {error[:300]}  {shown}  [{duration:.1f}s]")
     out = {"duration_seconds": duration, "trial_number": trial.number}
-    if error is None:
-        out.update(metrics)
+    if error is None:  # validation scores: the split in the key, never a test score's name
+        out.update({S.split_metric_key("validation", k): v for k, v in metrics.items()})
         out["objective"] = value
     log_trial(worker.tracker, worker.study_run, study_name=study.study_name,
               number=trial.number, retriever=worker.spec.name,

@@ -59,6 +59,8 @@ def objective_points(study, space: SearchSpace, param: str
     """Complete trials as ``(algorithm, param value, objective)`` rows, and the best objective of
     each algorithm that lacks ``param`` (hdbscan for n_clusters); None when the space lacks it."""
     df = study.trials_dataframe(attrs=("number", "value", "state", "params"))
+    # with study.metric_names set (val_<metric>), Optuna names the column value_<name>
+    df = df.rename(columns={c: "value" for c in df.columns if c.startswith("value_")})
     if df.empty or "value" not in df:
         return None
     df = df[df["state"] == "COMPLETE"]

@@ -59,6 +59,8 @@ class SweepSession:
         self.depth = depth
         self.val_cfg = cfg.model_copy(update={"eval_split": "validation"})
         self.ds, self.splits, self.requests, self.view, self.feature_report = prepare(self.val_cfg)
+        from bench.listing import FillOrder
+        self.fill_order = FillOrder.from_view(self.view.stickers, self.view.clicks)
         self._resolved_encoder = (self.feature_report or {}).get("encoder")
         self._views: dict[str, Any] = {self._features_key({}): self.view}
         self._bases: dict[str, Any] = {}
@@ -115,7 +117,8 @@ class SweepSession:
     def retriever(self, rparams: dict[str, Any], features: dict[str, Any]):
         from bench.registry import make_retriever
         view = self.view_for(features)
-        if hasattr(self.cls, "with_params"):
+        from bench.registry import supports_with_params
+        if supports_with_params(self.cls):
             key = self._features_key(features)
             base = self._bases.get(key)
             if base is None:
@@ -123,21 +126,18 @@ class SweepSession:
                 base.fit(view)
                 self.base_fits += 1
                 self._bases[key] = base
-            return base.with_params(**rparams) if rparams else base
+            return base.with_params(**rparams) if rparams else base  # a fitted copy
         retriever = make_retriever(self.spec.name, {**self.spec.params, **rparams})
         retriever.fit(view)
         return retriever
 
     def evaluate(self, rparams: dict[str, Any], features: dict[str, Any]) -> dict[str, float]:
-        """Macro metrics on the validation requests."""
-        from bench.metrics import evaluate_run
-        from bench.retrieval import Run, iter_batches
+        """Macro metrics on the validation requests, through the one evaluation loop (same list
+        length, order and tie rules as ``run``)."""
+        from bench.eval_loop import EvalSettings, evaluate
         retriever = self.retriever(rparams, features)
-        run = Run(name=self.spec.display)
-        reqs = self.requests.requests
-        for batch in iter_batches(reqs, self.cfg.batch_size):
-            part = retriever.search(list(batch), self.depth)
-            for req in batch:
-                run[req] = list(part.results.get(req, []))[:self.depth]
-        _, macro, _ = evaluate_run(run, self.requests, self.ks)
-        return macro
+        settings = EvalSettings(ks=tuple(self.ks), depth=max(1, min(self.depth,
+                                                                     len(self.view.stickers))),
+                                batch_size=self.cfg.batch_size, fill=self.cfg.evaluation.fill)
+        return evaluate(retriever, self.view_for(features), self.requests, settings,
+                        self.fill_order, fit=False, name=self.spec.display).scored.macro

@@ -30,14 +30,15 @@ def _fmt(value: Any) -> str:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space YAML file."""
-    import yaml
+    from bench.yaml_load import safe_yaml_load
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    raw = safe_yaml_load(text, str(p))  # size, aliases, depth, duplicate keys
     return parse_space(raw, source=str(p))
 
 

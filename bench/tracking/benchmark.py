@@ -49,6 +49,7 @@ class BenchmarkLog:
         self.echo = echo
         self.tracker = safe_tracker(uri, echo) if uri else Tracker(None)
         self.parent: str | None = None
+        self.children: dict[str, str] = {}  # label -> child run id
 
     @property
     def enabled(self) -> bool:
@@ -74,7 +75,8 @@ class BenchmarkLog:
             tags = {**schema.parent_tags(ds, config_hash=config_hash, config_path=config_path,
                                          git_commit=git_commit()),
                     **schema.process_tags(worker_identity(), self.folder.resolve()), **(extra_tags or {})}
-            self.parent = self.tracker.start_run(self.experiment, run_name=run_name, tags=tags,
+            name = schema.parent_run_name(run_name, str(ds.name))
+            self.parent = self.tracker.start_run(self.experiment, run_name=name, tags=tags,
                                                  reuse_env_run=parent_run_id is None,
                                                  parent_run_id=parent_run_id)
             self.tracker.log_params(self.parent, params)
@@ -111,12 +113,16 @@ class BenchmarkLog:
                 tags=schema.child_tags(ds, name=result.name, label=result.label,
                                        error=result.error))
             result.run_id = run_id
+            if run_id:
+                self.children[result.label] = run_id
             fitted = {f"fitted.{k}": v for k, v in (result.fitted or {}).items()}
             tracker.log_params(run_id, {"retriever": result.name, "label": result.label,
                                         **result.params, **fitted})
             metrics = dict(result.macro)
             metrics.update({f"micro_{k}": v for k, v in result.micro.items()})
             metrics.update(result.segments or {})
+            metrics.update({f"diag_{k}": v for k, v in (getattr(result, "diagnostics", None)
+                                                         or {}).items()})
             metrics.update({"fit_seconds": result.fit_seconds,
                             "search_seconds": result.search_seconds})
             tracker.log_metrics(run_id, metrics)
@@ -126,6 +132,13 @@ class BenchmarkLog:
             tracker.end_run(run_id, "FAILED" if result.error else "FINISHED",
                             end_time=result.ended_at)
         self._guard(log_it)
+
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        """Run-level figures on the parent (e.g. ``shared_<kind>_seconds``: work the run context
+        did once for several retrievers, reported as its own stage)."""
+        if metrics:
+            self._guard(lambda: self.tracker.log_metrics(self.parent, metrics)
+                        if self.parent else None)
 
     def abort(self, status: str) -> None:
         """End the parent as KILLED or FAILED after an interruption or an unexpected error."""
@@ -153,6 +166,36 @@ class BenchmarkLog:
                 primary = metric_name("m_mrr", max(ks))
                 best = ok.loc[ok[primary].idxmax()]
                 tracker.set_tags(parent, {schema.BEST_RETRIEVER: best["retriever"],
-                                          f"best_{primary}": f"{best[primary]:.4f}"})
+                                          f"best_{primary}": f"{best[primary]:.4f}",
+                                          schema.HEADLINE_METRIC: primary})
+                self._log_leaderboard(primary)
             tracker.end_run(parent, "FAILED" if failed else "FINISHED")
         self._guard(finish_it)
+
+    def _log_leaderboard(self, metric: str) -> None:
+        """The parent's leaderboard (an MLflow table: ranks, CIs, paired margins to the best
+        floor baseline) and description naming the winner; each child's description gives its
+        rank. Read from the run folder's per-request files; a folder the report cannot read
+        leaves the run without them (one warning), never fails it."""
+        try:
+            from bench.report.folder import load_folder
+            from bench.report.leaderboard import child_description, describe, leaderboard
+            from bench.report.names import pretty
+            board = leaderboard(load_folder(self.folder), metric)
+        except Exception as exc:
+            self.echo(f"warning: no MLflow leaderboard ({type(exc).__name__}: {exc})")
+            return
+        tracker = self.tracker
+        shown = board.table.round(6)
+        import warnings
+        with warnings.catch_warnings():  # MLflow's own select_dtypes call (pandas 3 notice)
+            warnings.filterwarnings("ignore", message=".*'str' dtypes are included by "
+                                    "select_dtypes")
+            tracker.client.log_table(self.parent, shown, schema.LEADERBOARD_FILE)
+        tracker.set_tags(self.parent, {schema.NOTE: describe(board, pretty(metric))})
+        for label, run_id in self.children.items():
+            if label in set(board.table["retriever"]):
+                tracker.set_tags(run_id, {
+                    schema.NOTE: child_description(board, label, pretty(metric)),
+                    schema.HEADLINE_METRIC: metric,
+                    schema.RANK: str(int(board.row(label)["rank"]))})

@@ -20,27 +20,16 @@ from bench.tracking.schema import KIND, KIND_LAUNCHER
 
 log = logging.getLogger(__name__)
 
-# user:password@ or user@. A password may hold raw "/" or "@" (not RFC 3986, but SQLAlchemy
-# accepts them): everything up to the token's last "@" is hidden. So is the ambiguous
-# "host:5000/x?mail=a@b" (over-masking is the safe side); "host:5000/x" without "@" is kept.
-_CRED_RE = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)"
-    r"(?P<cred>[^\s/@'\"<>:]*:[^\s'\"<>]*@|[^\s/@'\"<>:]+@)")
-_QUERY_SECRET_RE = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key)=)[^&\s]+")
-#: Parameter names whose values are secrets whatever they look like.
-_SECRET_NAME_RE = re.compile(r"(?i)^token$|(?:^|[._-])(?:password|passwd|secret|secret_key|"
-                             r"api_key|apikey|access_key|access_token|auth_token|api_token|"
-                             r"hf_token|credentials)$")
+from bench.secrets import is_secret_name, mask_credentials, register_url  # noqa: F401 (re-exported)
+
+#: Bounds on MLflow's HTTP client (unless the user set them): a dead server is noticed in
+#: seconds, not after minutes of retries with exponential back-off.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class TrackingError(BenchError):
     """The tracking server is unreachable or refused a request."""
-
-
-def mask_credentials(text: str) -> str:
-    """Hide user:password in URLs and secret-looking query parameters: ``postgresql://***@host``."""
-    text = _CRED_RE.sub(lambda m: f"{m.group('scheme')}***@", str(text))
-    return _QUERY_SECRET_RE.sub(r"\1***", text)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -48,6 +37,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     (one with credentials also silences MLflow's own URL lines: :func:`quiet_mlflow_urls`)."""
     resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    register_url(resolved)
     quiet_mlflow_urls(resolved)
     return resolved
 
@@ -59,6 +49,13 @@ def quiet_mlflow_urls(uri: str | None) -> None:
     the masked URI itself."""
     if uri and mask_credentials(uri) != uri:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def bound_http_retries() -> None:
+    """Set :data:`HTTP_LIMITS` in the environment where the user has not (MLflow reads them per
+    request): MLflow's defaults retry 7 times with back-off 2 and a 120 s timeout."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -107,7 +104,7 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             text = value if isinstance(value, str) else repr(value) if not isinstance(
                 value, (int, float, bool, type(None))) else str(value)
-            if value is not None and value != "" and _SECRET_NAME_RE.search(str(key)):
+            if value is not None and value != "" and is_secret_name(key):
                 text = "***"
             out[name] = mask_credentials(text)[:6000]
     return out
@@ -120,7 +117,9 @@ class Tracker:
         self.uri = uri
         self._client = None
         if uri is not None:
+            register_url(uri)
             quiet_mlflow_urls(uri)
+            bound_http_retries()
             import mlflow
             from mlflow.tracking import MlflowClient
             mlflow.set_tracking_uri(uri)
@@ -290,10 +289,17 @@ class Tracker:
         summary of it (the schema is what MLflow shows), ``digest`` its fingerprint."""
         if not self.enabled or not run_id:
             return
+        import warnings
+
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
-        dataset = mlflow.data.from_pandas(frame, source=mask_credentials(source), name=name,
-                                          digest=digest[:36])
+        with warnings.catch_warnings():
+            # MLflow registers its local-path source class twice and warns on every dataset
+            # that the path "can be interpreted in multiple ways" (both are the same class)
+            warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in "
+                                    "multiple ways", category=UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=mask_credentials(source), name=name,
+                                              digest=digest[:36])
         self._client.log_inputs(run_id, datasets=[DatasetInput(
             dataset=dataset._to_mlflow_entity(),
             tags=[InputTag(key="mlflow.data.context", value=context)])])

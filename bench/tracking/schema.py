@@ -6,7 +6,8 @@ and ``persrv-bench report`` rely on are defined once. Metric names live in :mod:
 Kinds (tag ``persrv.kind``): ``benchmark`` (a ``run`` parent), ``retriever`` (its children),
 ``sweep`` (a study), ``trial`` and ``best-on-test`` (the study's children), ``perf``, ``vlm-train``,
 ``vlm-bench``, ``seed-group`` (``run --seeds``: the per-seed parents nest under it),
-``launcher`` (an ``mlflow run`` shell run pointing at the real parent).
+``launcher`` (an ``mlflow run`` shell run pointing at the real parent), ``calibration``
+(``persrv-bench calibrate``: the dose-response table of a bed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ KIND_VLM_TRAIN = "vlm-train"
 KIND_VLM_BENCH = "vlm-bench"
 KIND_SEED_GROUP = "seed-group"
 KIND_LAUNCHER = "launcher"
+KIND_CALIBRATION = "calibration"  #: ``persrv-bench calibrate``: one run per bed self-test
 
 GIT_COMMIT = "mlflow.source.git.commit"
 PARENT_RUN_ID = "mlflow.parentRunId"
@@ -41,11 +43,21 @@ CONFIG_PATH = "config.path"
 RETRIEVER_NAME = "retriever.name"
 RETRIEVER_LABEL = "retriever.label"
 BEST_RETRIEVER = "best_retriever"
+#: The metric a run is ranked on (``m_mrr_at_<largest k>``) and, on children, the rank by it.
+HEADLINE_METRIC = "headline_metric"
+RANK = "rank"
+#: MLflow's run description (markdown, shown on the run page and as a runs-table column).
+NOTE = "mlflow.note.content"
+#: The parent's leaderboard table (``MlflowClient.log_table``: the UI's artifact table view).
+LEADERBOARD_FILE = "leaderboard.json"
 STUDY_NAME = "optuna.study_name"
 TRIAL_NUMBER = "optuna.trial_number"
 TRIAL_STATE = "optuna.trial_state"
 BEST_TRIAL = "optuna.best_trial"
 EVAL_SPLIT = "eval_split"
+FILL = "evaluation.fill"
+#: How many evaluations of this split the dataset fingerprint has had (the run folder's ledger).
+TEST_EVALUATIONS = "dataset.test_evaluations"
 HOST = "persrv.host"
 PID = "persrv.pid"
 FOLDER = "persrv.folder"
@@ -99,8 +111,14 @@ def error_tag(error: str | None) -> dict[str, str]:
     return {ERROR: error[:5000]} if error else {}
 
 
-def parent_run_name(config_name: str) -> str:
-    return config_name
+def parent_run_name(config_name: str, dataset: str, when: float | None = None,
+                    short_id: str | None = None) -> str:
+    """A benchmark parent's name, distinct per run: ``quickstart · synthetic · 12-07 02:41 ·
+    3fa2`` (config, dataset, local start time, a short random id)."""
+    import time
+    import uuid
+    stamp = time.strftime("%m-%d %H:%M", time.localtime(when))
+    return f"{config_name} · {dataset} · {stamp} · {short_id or uuid.uuid4().hex[:4]}"
 
 
 def process_tags(identity: dict[str, Any], folder: Any = None) -> dict[str, str]:
@@ -162,6 +180,17 @@ def study_tags(ds: Any, *, study_name: str, config_hash: str, git_commit: str | 
     return {KIND: KIND_SWEEP, STUDY_NAME: study_name, GIT_COMMIT: git_commit or "unknown",
             **dataset_tags(ds), CONFIG_HASH: config_hash, EVAL_SPLIT: "validation",
             **{k: str(v) for k, v in extra.items()}}
+
+
+#: Metric-key prefix per evaluation split: sweep trials log ``val_m_mrr_at_20``; benchmark
+#: children and ``best-on-test`` log test scores under the bare name (``m_mrr_at_20``).
+SPLIT_PREFIX = {"validation": "val_", "test": ""}
+
+
+def split_metric_key(split: str, metric: str) -> str:
+    """``metric`` as logged for ``split``: ``split_metric_key("validation", "m_mrr_at_20")`` is
+    ``val_m_mrr_at_20``."""
+    return f"{SPLIT_PREFIX[split]}{metric}"
 
 
 def trial_run_name(number: int) -> str:

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for drop in [None, *groups]:
             label = "ltr (all features)" if drop is None else f"ltr without {drop}"
             params = {**base, "drop_features": [] if drop is None else [drop]}
-            spec = RetrieverSpec(name="ltr", label=label.replace(" ", "-"), params=params)
+            spec = RetrieverSpec(name="ltr", label="ltr-all" if drop is None else f"ltr-no-{drop}",
+                                 params=params)
             t0 = time.perf_counter()
             res = evaluate_retriever(spec, view, requests, cfg, Path(tmp) / str(len(rows)),
                                      labels=labels)

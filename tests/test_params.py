@@ -35,6 +35,10 @@ OVERRIDES: dict[str, list[Any]] = {
     "n_clusters": [2, 3],                     # users here click few distinct stickers
     "pool": [3, 4],                           # a pool narrower than k
     "hdbscan_min_samples": [2],
+    "inputs": [["popularity", "query-lookup", "user-history"]],   # fusion: other inputs
+    "weights": [[1.0, 2.0, 1.0]],                                 # fusion: one per input
+    "drop_features": [["history"]],                               # ltr: a feature group
+    "dense_model": [],                                            # ltr: as "model" (set below)
 }
 
 
@@ -123,11 +127,11 @@ def test_with_params_ranks_as_a_fresh_fit_for_every_parameter(name, view, reques
     model = declared_params(cls)
     if model is None:
         pytest.skip(f"{name} is a plugin without a declaration")
-    if name == "dense-text":
+    if name in ("dense-text", "ltr"):
         pytest.importorskip("sentence_transformers")
         from baselines.dense_text import resolve_model
         try:
-            OVERRIDES["model"] = [resolve_model("default")[0]]
+            OVERRIDES["model"] = OVERRIDES["dense_model"] = [resolve_model("default")[0]]
         except Exception as exc:  # the bundled model package is not installed
             pytest.skip(str(exc))
     base = make_retriever(name).fit(view)

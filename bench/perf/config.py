@@ -31,6 +31,10 @@ ORDER = ("bm25", "persrv", "persrv-no-personalization", "persrv-no-description",
          "persrv-no-utility", "persrv-bm25", "persrv-no-ocr", "persrv-no-queries")
 STAGE_COLUMNS = ("index", "utility", "clusters", "recall", "rerank", "results", "metrics")
 BM25_FIELDS = "ocr_text,queries"
+#: Parameters of retrievers measured when named in ``--retrievers`` (not in :data:`ORDER`):
+#: ``ltr`` on the workload's fields, without its dense-text encoder (sentence embeddings of
+#: 543,098 stickers take hours on 2 CPU cores); ``perf --retrievers bm25,persrv,ltr``.
+RETRIEVER_PARAMS = {"ltr": {"fields": ["ocr_text", "queries"], "dense": False}}
 MB = 1 << 20
 
 

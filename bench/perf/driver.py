@@ -110,8 +110,8 @@ def _measure_retrievers(data, cfg: PerfConfig, clock: StageClock, echo, profiler
     for name in names:
         rec, retriever, run = measure_retriever(name, data, cfg, clock)
         records[name] = rec
-        echo(f"  {name:<28} {rec['e2e_s']:6.2f} s end to end  "
-             f"({rec['requests_per_s'] or 0:,.0f} req/s search, peak "
+        echo(f"  {name:<28} {rec['e2e_s']:6.2f} s end to end  (fit {rec['fit_s']:.2f} s, "
+             f"{rec['requests_per_s'] or 0:,.0f} req/s search, peak "
              f"{rec['peak_rss_mb']:,.0f} MB, M-MRR@{cfg.k}={rec['m_mrr']:.4f})")
         if name in ("bm25", "persrv"):
             kept[name] = (retriever, run)

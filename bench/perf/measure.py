@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bench.perf.config import FIT_STAGES, MB, ORDER, BM25_FIELDS, PerfConfig
+from bench.perf.config import FIT_STAGES, MB, ORDER, BM25_FIELDS, RETRIEVER_PARAMS, PerfConfig
 from bench.perf.workloads import PerfData, cap_requests
 
 # ------------------------------------------------------------------------------------- memory
@@ -175,7 +175,7 @@ def retriever_params(name: str, cfg: PerfConfig) -> dict[str, Any]:
         return bm25_params()
     if name == "persrv" or name.startswith("persrv-"):
         return {"pool": int(cfg.pool)}
-    return {}
+    return dict(RETRIEVER_PARAMS.get(name, {}))
 
 
 def _recall_cached(retriever, queries: list[str]) -> bool | None:

@@ -106,6 +106,14 @@ class FusionRetriever(Configurable):
     asks every input for its top ``depth`` and fuses (module doc: formulas, ties by sticker id).
     """
 
+    @classmethod
+    def resolve_params(cls, params: dict, configured_specs) -> dict:
+        """``params`` with the ``inputs`` that name a label of the experiment's other retrievers
+        replaced by their specs (:func:`resolve_inputs`; called by the config check)."""
+        if isinstance(params.get("inputs"), list):
+            params = {**params, "inputs": resolve_inputs(params["inputs"], configured_specs)}
+        return params
+
     name = "fusion"
 
     class Params(RetrieverParams):

@@ -330,9 +330,14 @@ def check_retrievers(cfg: ExperimentConfig, source: str = "config") -> None:
     one-line :class:`ConfigError` naming ``retrievers.<i>``, the key, the value and what is
     allowed. Construction is cheap (DESIGN §5): nothing is fitted or loaded."""
     from bench.errors import BenchError
-    from bench.registry import make_retriever
+    from bench.registry import get_retriever_class, make_retriever
     for i, spec in enumerate(cfg.retrievers):
         try:
+            # a retriever that composes others (fusion) may name them by their labels in this
+            # experiment: its optional ``resolve_params`` turns those into full specs
+            resolve = getattr(get_retriever_class(spec.name), "resolve_params", None)
+            if callable(resolve):
+                spec.params = resolve(dict(spec.params), cfg.retrievers)
             make_retriever(spec.name, spec.params)
         except BenchError as exc:
             raise type(exc)(f"{source}: retrievers.{i} ({spec.display}): {exc}") from None

@@ -38,6 +38,9 @@ class RetrieverResult:
     segments: dict[str, float] = field(default_factory=dict)  #: ``<metric>_at_<k>__<segment>``
     diagnostics: dict[str, float] = field(default_factory=dict)  #: ``retriever.diagnostics()``
     per_request: Any = field(default=None, repr=False)  #: the scored per-request frame (pandas)
+    #: ``<attr>.<key>`` -> numbers of fitted dicts: a number (an importance) or a list (a
+    #: training curve, one value per step); logged as child metrics
+    fitted_series: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(cfg: ExperimentConfig):
@@ -127,12 +130,18 @@ def evaluate_retriever(spec: RetrieverSpec, view, requests, cfg: ExperimentConfi
     write_final_lists(scored, ev.run, qids, folder / "run.parquet")
     scored.per_request.to_parquet(folder / "per_request.parquet", index=False)
     coverage_warning(spec.display, scored, settings)
+    structures = fitted_structures(retriever)
+    if structures:  # importances, training curves: fitted.json beside the run files
+        import json
+        (folder / "fitted.json").write_text(json.dumps(structures, indent=1, default=str),
+                                            encoding="utf-8")
     return RetrieverResult(label=spec.display, name=spec.name, params=get_params(retriever),
                            macro=scored.macro, micro=scored.micro, fit_seconds=ev.fit_seconds,
                            search_seconds=ev.search_seconds, folder=folder,
                            started_at=ev.started_at, ended_at=time.time(),
                            fitted=fitted_attributes(retriever), segments=segments,
                            diagnostics=retriever_diagnostics(retriever),
+                           fitted_series=fitted_series(structures),
                            per_request=scored.per_request)
 
 
@@ -178,6 +187,33 @@ def retriever_diagnostics(retriever: Any) -> dict[str, float]:
     for key, value in (get() or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[str(key)] = float(value)
+    return out
+
+
+def fitted_structures(retriever: Any) -> dict[str, Any]:
+    """A fitted retriever's public dict and list attributes ending in ``_`` (ltr's
+    ``feature_importances_``, ``training_curve_``), for ``fitted.json``."""
+    return {name.rstrip("_"): value for name, value in sorted(vars(retriever).items())
+            if name.endswith("_") and not name.startswith("_")
+            and isinstance(value, (dict, list, tuple)) and len(value) <= 10_000}
+
+
+def fitted_series(structures: dict[str, Any]) -> dict[str, Any]:
+    """``<attr>.<key>`` -> a finite number or a list of them, from the dicts of
+    :func:`fitted_structures` (what MLflow can plot)."""
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    out: dict[str, Any] = {}
+    for attr, value in structures.items():
+        if not isinstance(value, dict):
+            continue
+        for key, v in value.items():
+            if number(v):
+                out[f"{attr}.{key}"] = float(v)
+            elif isinstance(v, (list, tuple)) and v and all(number(x) for x in v):
+                out[f"{attr}.{key}"] = [float(x) for x in v]
     return out
 
 

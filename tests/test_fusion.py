@@ -190,3 +190,32 @@ def test_agrees_with_ranx_fuse(method, norm, ranx_method, ranx_norm, weights):
         want = theirs.run[qid[req]]
         assert set(got) == set(want)
         assert got == pytest.approx(dict(want), rel=1e-9, abs=1e-12)
+
+
+def test_config_resolves_fusion_inputs_named_by_label(tmp_path):
+    """An input naming another configured retriever's label gets that retriever's parameters
+    when the config is loaded (before any work)."""
+    import yaml
+
+    from bench.config import load_config
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"path": str(tmp_path)}, "retrievers": [
+        {"name": "bm25", "label": "bm25-ocr", "params": {"fields": ["ocr_text"], "k1": 0.9}},
+        {"name": "fusion", "params": {"inputs": ["bm25-ocr", "popularity"]}}]}), "utf-8")
+    cfg = load_config(path)
+    inputs = cfg.retrievers[1].params["inputs"]
+    assert inputs[0] == {"name": "bm25", "params": {"fields": ["ocr_text"], "k1": 0.9},
+                         "label": "bm25-ocr"}
+    assert inputs[1] == {"name": "popularity"}
+
+
+def test_fitted_dicts_become_metrics_and_curves():
+    from types import SimpleNamespace
+
+    from bench.runner import fitted_series, fitted_structures
+    fitted = SimpleNamespace(feature_importances_={"bm25": 3.0, "bad": float("nan")},
+                             training_curve_={"valid": [0.1, 0.2]}, note_="x", _private={1: 2})
+    structures = fitted_structures(fitted)
+    assert set(structures) == {"feature_importances", "training_curve"}
+    assert fitted_series(structures) == {"feature_importances.bm25": 3.0,
+                                         "training_curve.valid": [0.1, 0.2]}

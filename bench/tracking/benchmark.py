@@ -123,9 +123,13 @@ class BenchmarkLog:
             metrics.update(result.segments or {})
             metrics.update({f"diag_{k}": v for k, v in (getattr(result, "diagnostics", None)
                                                          or {}).items()})
+            series = getattr(result, "fitted_series", None) or {}
+            metrics.update({k: v for k, v in series.items() if not isinstance(v, list)})
             metrics.update({"fit_seconds": result.fit_seconds,
                             "search_seconds": result.search_seconds})
             tracker.log_metrics(run_id, metrics)
+            tracker.log_series(run_id, {k: v for k, v in series.items()  # training curves
+                                        if isinstance(v, list)})
             self.log_dataset(run_id, ds)
             if result.folder is not None and Path(result.folder).is_dir():
                 tracker.log_artifacts(run_id, result.folder)

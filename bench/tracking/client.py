@@ -263,6 +263,17 @@ class Tracker:
         for chunk in _chunks(items, 1000):
             self._client.log_batch(run_id, metrics=chunk)
 
+    def log_series(self, run_id: str | None, series: dict[str, list[float]]) -> None:
+        """Metrics with one value per step (training curves), in batches."""
+        if not self.enabled or not run_id or not series:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, values in series.items()
+                 for step, v in enumerate(values)]
+        for chunk in _chunks(items, 1000):
+            self._client.log_batch(run_id, metrics=chunk)
+
     def log_artifacts(self, run_id: str | None, local_dir: str | Path,
                       artifact_path: str | None = None) -> None:
         if not self.enabled or not run_id:

@@ -278,9 +278,9 @@ def test_locked_text_checkpoint_ranks_the_colour_of_a_trained_query(dataset, tmp
     from bench.registry import make_retriever
     from bench.retrieval import Request
     cfg = cfg_for(dataset, tmp_path, image={"arch": "small-cnn", "size": 16, "width": 8},
-                  trainer={"accelerator": "cpu", "max_steps": 40, "max_epochs": 40,
+                  trainer={"accelerator": "cpu", "max_steps": 100, "max_epochs": 100,
                            "batch_size": 8, "lr": 0.01, "augment": False,
-                           "early_stopping_patience": None})
+                           "early_stopping_patience": None, "log_every_n_steps": 50})
     result = train_clip(cfg)
     ret = make_retriever("dense-clip", {"checkpoint": result["checkpoint_dir"]}).fit(
         _view(dataset))

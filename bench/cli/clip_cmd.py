@@ -54,6 +54,7 @@ def train_clip(config: str, dataset: str | None, benchmark_config: str | None,
                f"{result['experiment']})")
     if result.get("best_val_loss") is not None:
         click.echo(f"best val_loss: {result['best_val_loss']:.4f}")
-    click.echo(f"steps: {result['global_step']} in {result['seconds']:.0f} s; pairs: "
+    click.echo(f"steps: {result['global_step']} ({result['epochs']} epochs) in "
+               f"{result['seconds']:.0f} s ({result['cpu_seconds']:.0f} CPU s); pairs: "
                f"{d.get('train_pairs')} train, {d.get('val_pairs')} early stopping; skipped "
                f"stickers: {d.get('skipped_stickers')}")

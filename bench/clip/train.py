@@ -66,7 +66,7 @@ def train_clip(cfg: ClipConfig) -> dict[str, Any]:
 
     if not cfg.dataset:
         raise ConfigError("no dataset: set `dataset:` in the config or pass --dataset DIR")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     t = cfg.trainer
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text_dim, encode, text_meta = _text_side(cfg)
@@ -121,17 +121,19 @@ def train_clip(cfg: ClipConfig) -> dict[str, Any]:
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     dim = text_dim or int(module.encode_images(dm.images[:1]).shape[1])
     meta = {"mode": cfg.mode, "module": settings, "dim": dim, "text": text_meta,
             "dataset": dm.stats["dataset"], "dataset_fingerprint": dm.stats["dataset_fingerprint"],
             "split": dm.stats["split"], "run_id": run_id, "best_checkpoint": best,
             "global_step": int(trainer.global_step), "train_seconds": round(seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1), "epochs": int(trainer.current_epoch),
             "data": {k: v for k, v in dm.stats.items() if k != "split"}}
     ckpt_dir = export_checkpoint(out / ARTIFACT, module.export_state(), meta, dm.train_clicks)
     client.log_artifacts(run_id, str(ckpt_dir), ARTIFACT)
     best_score = ckpt.best_model_score
-    final = {"global_step": float(trainer.global_step), "train_seconds": seconds}
+    final = {"global_step": float(trainer.global_step), "train_seconds": seconds,
+             "train_cpu_seconds": cpu_seconds, "epochs": float(trainer.current_epoch)}
     if best_score is not None:
         final["best_val_loss"] = float(best_score)
     for k, v in final.items():
@@ -141,4 +143,5 @@ def train_clip(cfg: ClipConfig) -> dict[str, Any]:
             "tracking_uri": mask_credentials(uri), "experiment": cfg.experiment,
             "best_val_loss": float(best_score) if best_score is not None else None,
             "global_step": int(trainer.global_step), "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1), "epochs": int(trainer.current_epoch),
             "data": dict(dm.stats)}

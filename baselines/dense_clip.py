@@ -27,8 +27,9 @@ from bench.retrieval import Request, Run, TrainView
 
 @register("dense-clip")
 class DenseClipRetriever(Configurable):
-    """Text-to-image retrieval with CLIP-style towers (a train-clip checkpoint, open_clip or
-    Chinese-CLIP); see the module docstring."""
+    """Query -> sticker image by cosine of CLIP-style towers (train-clip checkpoint or CLIP).
+
+    See the module docstring for the three sources of the towers."""
 
     name = "dense-clip"
 

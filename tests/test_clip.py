@@ -235,6 +235,22 @@ def test_train_clip_finetune_logs_checkpoint_and_dense_clip_loads_it(dataset, tm
     row = list(by_path._ids).index(top[0])
     assert top[1] == pytest.approx(float(q @ by_path._vecs[row]), abs=1e-5)
 
+    # the same image tower as PerSRV's style encoder: cached under the checkpoint's digest
+    from bench.features.cache import FeatureCache
+    from bench.features.config import validate_features
+    from bench.features.encoders import embed_stickers, make_encoder
+    feats = validate_features({"encoder": "clip-checkpoint",
+                               "encoder_params": {"checkpoint": str(ckpt)}})
+    enc = make_encoder(feats.encoder, **feats.encoder_params)
+    cache, details = FeatureCache(tmp_path / "cache"), {}
+    vecs, missing = embed_stickers(view.stickers, view.root, enc, cache, "fp", 1,
+                                   progress=False, details=details)
+    assert missing == 2 and details["computed"] == len(view.stickers)
+    again, _ = embed_stickers(view.stickers, view.root, enc, cache, "fp", 1, progress=False,
+                              details=details)
+    assert details["computed"] == 0 and np.array_equal(vecs, again)
+    assert np.allclose(vecs, by_path._vecs, atol=1e-6)
+
 
 def _view(dataset: Path, split=None):
     from bench.data.format import load_dataset

@@ -2,8 +2,9 @@
 
 The dataset is made here: 8 Pillow-drawn stickers (4 colours x 2 shapes), one corrupt PNG and one
 sticker without an image; 4 users whose chronological clicks split into train, validation and test
-click-groups (a group is a run of one query); each colour has its own queries. The fine-tune path uses a tiny random open_clip
-model built from keyword arguments; the locked-text path the packaged MiniLM (offline).
+click-groups (a group is a run of one query); each colour has its own queries. The fine-tune
+path uses a tiny random open_clip model built from keyword arguments; the locked-text path the
+packaged MiniLM (offline).
 """
 
 from __future__ import annotations

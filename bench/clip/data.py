@@ -113,8 +113,9 @@ class ClipPairsDataModule(L.LightningDataModule):
         self.sticker_index = {sid: i for i, sid in enumerate(good)}
         self.images = torch.stack([t for t, _ in loaded if t is not None]) if good else \
             torch.zeros((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
-        keep = lambda f: f[f["sticker_id"].isin(self.sticker_index)].reset_index(drop=True)  # noqa: E731
-        self.train_pairs, self.val_pairs = keep(train), keep(val)
+        self.train_pairs, self.val_pairs = (
+            f[f["sticker_id"].isin(self.sticker_index)].reset_index(drop=True)
+            for f in (train, val))
         queries = sorted(set(self.train_pairs["query"]) | set(self.val_pairs["query"]))
         self.query_index = {q: i for i, q in enumerate(queries)}
         self.texts = self.encode_texts(queries) if queries else torch.zeros((0, 1))
@@ -127,8 +128,9 @@ class ClipPairsDataModule(L.LightningDataModule):
             "stickers": len(good), "queries": len(queries), "skipped_stickers": bad,
             "skipped_reasons": count_reasons(reasons.values())}
         if bad:
+            why = ", ".join(f"{k}={v}" for k, v in self.stats["skipped_reasons"].items())
             log.warning("%s: %d stickers without a loadable image skipped (%s)", self.dataset_dir,
-                        bad, ", ".join(f"{k}={v}" for k, v in self.stats["skipped_reasons"].items()))
+                        bad, why)
         log.info("CLIP pairs (train side of the split only): %d fitting, %d early stopping",
                  len(self.train_pairs), len(self.val_pairs))
 

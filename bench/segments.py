@@ -7,7 +7,9 @@ retrievers learned from, ``Splits.history_for(target)``):
   in the fitting clicks (any user);
 - ``history_segment``: ``refind`` / ``discover`` — the relevant set does / does not intersect the
   stickers the user clicked in the fitting clicks;
-- ``cold_user``: the user has no fitting clicks (such a request is always ``discover``).
+- ``cold_user``: the user has no fitting clicks (such a request is always ``discover``);
+- ``cold_sticker``: no relevant sticker has any click in the fitting clicks (any user) — only
+  content (image, text) can find it.
 
 :func:`segment_metrics` aggregates per-request metrics within each segment exactly like
 :func:`bench.metrics.aggregate` (macro: mean per user, then over users), named
@@ -25,14 +27,15 @@ from bench.metrics import DEFAULT_KS, aggregate, metric_names
 if TYPE_CHECKING:  # pragma: no cover
     from bench.data.splits import Requests
 
-SEGMENTS = ("seen_query", "unseen_query", "refind", "discover", "cold_user")
-LABEL_COLUMNS = ("qid", "query_segment", "history_segment", "cold_user")
+SEGMENTS = ("seen_query", "unseen_query", "refind", "discover", "cold_user", "cold_sticker")
+LABEL_COLUMNS = ("qid", "query_segment", "history_segment", "cold_user", "cold_sticker")
 
 
 def label_requests(requests: "Requests", fitting_clicks: pd.DataFrame) -> pd.DataFrame:
     """One row per request (in ``requests`` order): qid, query_segment, history_segment,
-    cold_user (bool). ``fitting_clicks``: user_id, query, sticker_id (the history)."""
+    cold_user, cold_sticker (bool). ``fitting_clicks``: user_id, query, sticker_id."""
     seen_queries = set(fitting_clicks["query"].astype(str))
+    clicked_stickers = set(fitting_clicks["sticker_id"].astype(str))
     own = (fitting_clicks.groupby("user_id")["sticker_id"].agg(lambda s: set(s.astype(str)))
            .to_dict() if len(fitting_clicks) else {})
     qids = requests.qids
@@ -42,8 +45,10 @@ def label_requests(requests: "Requests", fitting_clicks: pd.DataFrame) -> pd.Dat
         rows.append((qids[req],
                      "seen_query" if req.query in seen_queries else "unseen_query",
                      "refind" if clicked and clicked & requests.relevant[req] else "discover",
-                     clicked is None))
-    return pd.DataFrame(rows, columns=list(LABEL_COLUMNS)).astype({"cold_user": bool})
+                     clicked is None,
+                     not (clicked_stickers & requests.relevant[req])))
+    return pd.DataFrame(rows, columns=list(LABEL_COLUMNS)).astype({"cold_user": bool,
+                                                                   "cold_sticker": bool})
 
 
 def segment_masks(labels: pd.DataFrame) -> dict[str, pd.Series]:
@@ -52,7 +57,8 @@ def segment_masks(labels: pd.DataFrame) -> dict[str, pd.Series]:
             "unseen_query": labels["query_segment"] == "unseen_query",
             "refind": labels["history_segment"] == "refind",
             "discover": labels["history_segment"] == "discover",
-            "cold_user": labels["cold_user"].astype(bool)}
+            "cold_user": labels["cold_user"].astype(bool),
+            "cold_sticker": labels["cold_sticker"].astype(bool)}
 
 
 def segment_metrics(per_request: pd.DataFrame, labels: pd.DataFrame,

@@ -29,7 +29,9 @@ def test_labels():
         "qid": ["q0", "q1", "q2", "q3"],
         "query_segment": ["seen_query", "unseen_query", "seen_query", "seen_query"],
         "history_segment": ["refind", "discover", "discover", "discover"],
-        "cold_user": [False, False, False, True]}
+        "cold_user": [False, False, False, True],
+        # s4 and s5 have no click in the history (anyone's); s1 and s2 have
+        "cold_sticker": [False, True, True, False]}
 
 
 def test_segment_metrics_equal_hand_computation():
@@ -50,9 +52,11 @@ def test_segment_metrics_equal_hand_computation():
     assert m["mrr_at_5__discover"] == pytest.approx((0.5 + 0.25 + 0) / 3)
     assert m["m_mrr_at_5__refind"] == pytest.approx(1.0)
     assert m["m_mrr_at_5__cold_user"] == 0.0
+    # cold_sticker: q1 (a: 1/2), q2 (b: 1/4)
+    assert m["m_mrr_at_5__cold_sticker"] == pytest.approx((0.5 + 0.25) / 2)
     assert {k: v for k, v in m.items() if k.startswith("n__")} == {
         "n__seen_query": 3, "n__unseen_query": 1, "n__refind": 1, "n__discover": 3,
-        "n__cold_user": 1}
+        "n__cold_user": 1, "n__cold_sticker": 2}
 
 
 def test_macro_within_segment_averages_users_first():

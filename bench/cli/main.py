@@ -44,6 +44,7 @@ class LazyGroup(click.Group):
              lazy={
                  "evaluate": "bench.cli.evaluate_cmd:evaluate",
                  "train-vlm": "bench.cli.vlm_cmds:train_vlm",
+                 "train-clip": "bench.cli.clip_cmd:train_clip",
                  "describe": "bench.cli.vlm_cmds:describe",
                  "vlm-bench": "bench.cli.vlm_bench_cmd:vlm_bench",
                  "sweep": "bench.cli.sweep_cmd:sweep",

@@ -263,3 +263,52 @@ class ChineseClipEncoder:
         if not outs:
             return np.zeros((0, self.dim), np.float32)
         return l2_normalise(np.concatenate(outs))
+
+
+# --------------------------------------------------------------------------- train-clip checkpoint
+
+class ClipCheckpointEncoder:
+    """The image (and text) towers of a ``persrv-bench train-clip`` checkpoint.
+
+    ``checkpoint``: the ``train-clip`` output folder (or its ``clip`` subfolder) or the MLflow run
+    id of the training. ``model_id`` is a digest of the checkpoint's files, so its embeddings
+    have their own feature-cache entry. Used by ``dense-clip`` and as PerSRV's style encoder
+    (``features.encoder: clip-checkpoint``). :meth:`check_fitting` refuses a run whose fitting
+    clicks do not hold every click the checkpoint learned from (see
+    :class:`bench.clip.checkpoint.ClipCheckpoint`).
+    """
+
+    name = "clip-checkpoint"
+
+    def __init__(self, checkpoint: str | None = None, device: str | None = None,
+                 batch_size: int = 64, tracking_uri: str | None = None):
+        if not checkpoint:
+            raise ConfigError("encoder 'clip-checkpoint' needs encoder_params.checkpoint: a "
+                              "train-clip output folder or its MLflow run id")
+        self.checkpoint, self.device = str(checkpoint), device
+        self.batch_size, self.tracking_uri = int(batch_size), tracking_uri
+        self._ckpt: Any = None
+
+    def _load(self):
+        if self._ckpt is None:
+            from bench.clip.checkpoint import ClipCheckpoint, resolve_checkpoint
+            local = resolve_checkpoint(self.checkpoint, self.tracking_uri)
+            self._ckpt = ClipCheckpoint(local, device=self.device, batch_size=self.batch_size)
+        return self._ckpt
+
+    @property
+    def model_id(self) -> str:
+        return self._load().model_id
+
+    @property
+    def dim(self) -> int:
+        return self._load().dim
+
+    def check_fitting(self, clicks: Any, dataset_fingerprint: str | None) -> None:
+        self._load().check_fitting(clicks, dataset_fingerprint)
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        return self._load().encode_images(images)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._load().encode_texts(texts)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Image encoders by name (the classes are in :data:`bench.features.encoders.ENCODERS`).
-ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed")
+ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed", "clip-checkpoint")
 
 
 class OcrConfig(BaseModel):

@@ -10,6 +10,8 @@ One interface, :class:`ImageEncoder`: ``name``, ``dim``, ``model_id`` (goes into
 - ``style-stats``: no weights — colour, shading, outline, alpha and texture statistics that
   separate art styles (k-means ARI on emoji-styles: see ``benchmarks/style_stats_ari.py``).
 - ``precomputed``: the dataset's ``embedding`` column.
+- ``clip-checkpoint``: the image tower of a ``persrv-bench train-clip`` checkpoint
+  (``checkpoint``: its folder or MLflow run id).
 
 The CLIP encoders live in :mod:`bench.features.clip_encoders`; :func:`embed_stickers` (the
 cached embedding loop, :mod:`bench.features.embed`) is re-exported here.
@@ -25,7 +27,8 @@ import pandas as pd
 from PIL import Image
 
 from bench.errors import ConfigError
-from bench.features.clip_encoders import ChineseClipEncoder, EncoderUnavailable, OpenClipEncoder
+from bench.features.clip_encoders import (ChineseClipEncoder, ClipCheckpointEncoder,
+                                          EncoderUnavailable, OpenClipEncoder)
 from bench.features.embed import EMBED_EXTRACTOR, embed_stickers
 from bench.features.style_stats import StyleStatsEncoder, l2_normalise
 
@@ -116,6 +119,7 @@ ENCODERS: dict[str, Callable[..., Any]] = {
     "chinese-clip": ChineseClipEncoder,
     "style-stats": StyleStatsEncoder,
     "precomputed": PrecomputedEncoder,
+    "clip-checkpoint": ClipCheckpointEncoder,
 }
 
 

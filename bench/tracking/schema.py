@@ -23,6 +23,7 @@ KIND_BEST_ON_TEST = "best-on-test"
 KIND_PERF = "perf"
 KIND_VLM_TRAIN = "vlm-train"
 KIND_VLM_BENCH = "vlm-bench"
+KIND_CLIP_TRAIN = "clip-train"
 KIND_SEED_GROUP = "seed-group"
 KIND_LAUNCHER = "launcher"
 KIND_CALIBRATION = "calibration"  #: ``persrv-bench calibrate``: one run per bed self-test
@@ -230,6 +231,16 @@ def vlm_train_tags(*, dataset: str, fingerprint: str, config_hash: str, model: s
                    git_commit: str | None) -> dict[str, str]:
     tags = {KIND: KIND_VLM_TRAIN, "dataset": dataset, "dataset_fingerprint": fingerprint,
             "config_hash": config_hash, "model": model}
+    if git_commit:
+        tags[GIT_COMMIT] = git_commit
+    return tags
+
+
+def clip_train_tags(*, dataset: str, fingerprint: str, config_hash: str, mode: str,
+                    git_commit: str | None) -> dict[str, str]:
+    """Tags of a ``train-clip`` run (its ``clip`` artifact is the checkpoint)."""
+    tags = {KIND: KIND_CLIP_TRAIN, "dataset": dataset, "dataset_fingerprint": fingerprint,
+            "config_hash": config_hash, "clip.mode": mode}
     if git_commit:
         tags[GIT_COMMIT] = git_commit
     return tags

@@ -10,7 +10,7 @@ from bench.errors import BenchError
 PRETTY = {"m_mrr": "M-MRR", "mrr": "MRR", "recall": "Recall", "ndcg": "NDCG"}
 METRIC_RE = re.compile(r"^(m_mrr|mrr|recall|ndcg)_at_(\d+)$")
 #: DESIGN §6 request segments, in display order: ``<metric>_at_<k>__<segment>``, ``n__<segment>``.
-SEGMENTS = ("seen_query", "unseen_query", "refind", "discover", "cold_user")
+SEGMENTS = ("seen_query", "unseen_query", "refind", "discover", "cold_user", "cold_sticker")
 #: segments.parquet columns holding those segments (``cold_user`` is a bool).
 SEGMENT_COLUMNS = ("query_segment", "history_segment", "cold_user")
 

@@ -34,8 +34,56 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
                              ["dataset.params.images=false", "features.ocr=false",
                               "features.encoder=precomputed"], [0, 1]),
     "calibrate-emoji-styles": ("experiments/emoji_styles.yaml", [], [0, 1]),
+    "timings": ("experiments/quickstart.yaml", [], None),  # timings_block
 }
 CALIBRATE_USERS = 300
+#: the "timings" block: the README's main job, cold (empty cache) then warm, in fresh processes
+TIMED_COMMAND = ["-m", "bench", "run", "experiments/quickstart.yaml", "tracking.enabled=false",
+                 "report=false"]
+
+
+def machine_line() -> str:
+    """CPU model, cores this process may use, load average: printed beside every timing."""
+    import os
+    import platform
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, load average {os.getloadavg()[0]:.2f}"
+
+
+def timings_block(workdir: Path) -> str:
+    """Wall and CPU seconds of the main job cold and warm (fresh processes, a new cache), and of
+    ``persrv-bench --help``, with the machine and the load each ran under."""
+    import os
+    import resource
+    import subprocess
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PERSRV_BENCH_CACHE": str(workdir / "cache"), "PERSRV_BENCH_QUIET": "1"}
+    rows = []
+    for what, args in (("cold (dataset built, OCR, embeddings, encodings)", TIMED_COMMAND),
+                       ("warm (everything cached)", TIMED_COMMAND),
+                       ("`persrv-bench --help`", ["-m", "bench", "--help"])):
+        load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, *args, f"output_dir={workdir / 'runs'}"]
+                             if "run" in args else [sys.executable, *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode != 0:
+            raise SystemExit(f"{what} failed:\n{out.stderr[-2000:]}")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        rows.append(f"| {what} | {wall:.0f} | {cpu:.0f} | {load:.2f} |")
+    return ("| main job | wall s | CPU s | load average before |\n|---|---:|---:|---:|\n"
+            + "\n".join(rows) + f"\n\n`python benchmarks/readme_tables.py timings` on "
+            f"{machine_line()} after the runs.\n")
 
 BLOCK_RE = r"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)"
 
@@ -98,7 +146,7 @@ def calibrate_block(name: str, workdir: Path) -> str:
     flags = "".join(f" -o {o}" for o in overrides)
     return (f"{format_table(cal)}\n\n`persrv-bench calibrate {config}{flags} --seeds "
             f"{','.join(map(str, seeds))} --n-users {CALIBRATE_USERS}` ({seconds:.0f} s wall "
-            f"on this machine).\n")
+            f"on {machine_line()}).\n")
 
 
 def run_job(name: str, workdir: Path) -> str:
@@ -107,6 +155,8 @@ def run_job(name: str, workdir: Path) -> str:
         return fidelity_block()
     if name.startswith("calibrate-"):
         return calibrate_block(name, workdir)
+    if name == "timings":
+        return timings_block(workdir)
     from bench.config import load_config
     from bench.experiment import run_experiment
     config, overrides, seeds = JOBS[name]
@@ -125,7 +175,7 @@ def run_job(name: str, workdir: Path) -> str:
     seconds = time.perf_counter() - t0
     return (f"{body}\n\n`persrv-bench run {config}"
             f"{' --seeds ' + ' '.join(map(str, seeds)) if seeds else ''}` ({what}; "
-            f"{seconds:.0f} s wall on this machine, features cached or not as they were).\n")
+            f"{seconds:.0f} s wall, features cached or not as they were, on {machine_line()}).\n")
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -147,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare the tables (not the timing line) instead of writing")
     args = parser.parse_args(argv)
     names = args.names or list(JOBS)
+    if args.check:  # timings differ from machine to machine: nothing to compare
+        names = [n for n in names if n != "timings"]
     text = README.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="persrv-readme-") as tmp:
         for name in names:

@@ -30,14 +30,13 @@ CLICK_COLUMNS = ["user_id", "query", "sticker_id", "ts"]
 
 def text_model(model: str = "default") -> tuple[Any, str]:
     """``(SentenceTransformer, model id)`` of the frozen text tower, loaded offline for
-    ``"default"`` (the packaged all-MiniLM-L6-v2) and shared with dense-text's loaded models."""
-    from baselines.dense_text import _LOADED_MODELS, resolve_model
+    ``"default"`` (the packaged all-MiniLM-L6-v2, resolved as dense-text resolves it). Loaded once
+    per training: its query embeddings are computed once and the tower stays frozen."""
+    from sentence_transformers import SentenceTransformer
+
+    from baselines.dense_text import resolve_model
     path, model_id = resolve_model(model)
-    key = (path, None)
-    if key not in _LOADED_MODELS:
-        from sentence_transformers import SentenceTransformer
-        _LOADED_MODELS[key] = SentenceTransformer(path, device="cpu")
-    return _LOADED_MODELS[key], model_id
+    return SentenceTransformer(path, device="cpu"), model_id
 
 
 def encode_queries(st_model: Any, texts: list[str], batch_size: int = 256) -> np.ndarray:

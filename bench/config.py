@@ -41,6 +41,8 @@ def check_name(text: str, what: str) -> str:
     bad = next((c for c in text if not (c.isalnum() or c in NAME_PUNCTUATION)), None)
     if bad is not None or text[0] in ".-":
         shown = repr(bad) if bad is not None else repr(text[0]) + " first"
+        if bad is not None and not bad.isprintable():
+            shown += " (control characters are refused: they move the cursor or forge lines)"
         raise ValueError(f"{what} {text!r} cannot be used as a folder name: character {shown} "
                          f"(use letters, digits and {' '.join(NAME_PUNCTUATION)}; not starting "
                          "with '.' or '-')")

@@ -62,10 +62,13 @@ def load_yaml(text: str, source: str) -> Any:
     if aliases > MAX_YAML_ALIASES:
         raise ConfigError(f"{source}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); "
                           "refusing a config that could expand without bound")
+    loader = _unique_key_loader()(text)  # a SafeLoader subclass: what yaml.load(Loader=) does
     try:
-        return yaml.load(text, Loader=_unique_key_loader())
+        return loader.get_single_data()
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 def safe_yaml_load(text: str, source: str) -> Any:

@@ -47,10 +47,13 @@ def test_a_run_with_3000_cutoffs_on_15_stickers_logs_16(tiny_dataset, tmp_path, 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId"))
-    plain = [k for k in child.data.metrics if k.startswith("m_mrr_at_") and "__" not in k]
+    plain = [k for k in child.data.metrics  # m_mrr_at_<k>, not its _tie_aware/_as_returned twins
+             if k.startswith("m_mrr_at_") and "__" not in k and k.rsplit("_", 1)[1].isdigit()]
     assert sorted(int(k.rsplit("_", 1)[1]) for k in plain) == list(range(1, 16)) + [3000]
     assert child.data.metrics["m_mrr_at_3000"] == child.data.metrics["m_mrr_at_15"]
-    assert len(child.data.metrics) < 400  # was ~123k metric rows
+    # was ~123k metric rows; now 16 cutoffs x 4 metrics x (filled, tie-aware, as returned) x
+    # (macro, micro) + segments: a few hundred, bounded by the corpus, not by the 3000 asked
+    assert len(child.data.metrics) < 1000
     folder = next((tmp_path / "out").iterdir())
     assert {"m_mrr_at_15", "m_mrr_at_3000"} <= set(pd.read_csv(folder / "results.csv").columns)
     assert "M-MRR@3000" in out

@@ -49,10 +49,10 @@ def test_deep_yaml_is_one_line_naming_the_config(tmp_path, capsys, log_dir):
     deep.write_text("name: x\ndataset: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
     code, _, err = run_main(capsys, "run", str(deep))
     line = _one_line(err)
-    assert code == 2 and "nested too deeply" in line and str(deep) in line
-    logs = list(log_dir.glob("persrv-bench-*.log"))
-    assert len(logs) == 1 and "RecursionError" in logs[0].read_text()
-    assert f"traceback: {logs[0]}" in line
+    # refused by the YAML reader's depth bound (bench/yaml_load.py) before any recursion: a
+    # config error, so no traceback to log
+    assert code == 2 and "nested deeper than" in line and str(deep) in line
+    assert "RecursionError" not in err
 
 
 def test_inf_in_an_id_column_is_one_line(tiny_dataset, capsys, log_dir):
@@ -74,7 +74,7 @@ def test_report_on_a_damaged_run_folder_is_one_line(tiny_dataset, tmp_path, caps
     one line naming the folder, with the traceback in the log directory."""
     code, _, err = run_main(capsys, "run", str(_config(tmp_path, tiny_dataset)))
     assert code == 0, err
-    folder = next((tmp_path / "out").iterdir())
+    folder = next(p for p in (tmp_path / "out").iterdir() if (p / "status.json").is_file())
     if damage == "parquet":
         for path in folder.rglob("per_request.parquet"):
             path.write_bytes(b"PAR1 this is not parquet PAR1")
@@ -101,7 +101,7 @@ def test_unexpected_error_in_a_run_saves_its_traceback_in_the_run_folder(
     config = _config(tmp_path, tiny_dataset)
     code, _, err = run_main(capsys, "run", str(config))
     line = _one_line(err)
-    folder = next((tmp_path / "out").iterdir())
+    folder = next(p for p in (tmp_path / "out").iterdir() if (p / "status.json").is_file())
     assert code == 1 and "ZeroDivisionError: planted bug" in line
     assert f"traceback: {folder / 'traceback.log'}" in line
     assert "planted bug" in (folder / "traceback.log").read_text()

@@ -125,8 +125,8 @@ def test_every_builtin_retriever_declares_its_parameters():
 def test_with_params_ranks_as_a_fresh_fit_for_every_parameter(name, view, requests_):
     cls = registry()[name]
     model = declared_params(cls)
-    if model is None:
-        pytest.skip(f"{name} is a plugin without a declaration")
+    if model is None or not cls.__module__.startswith("baselines"):
+        pytest.skip(f"{name} is a plugin registered by another test, not a built-in retriever")
     if name in ("dense-text", "ltr"):
         pytest.importorskip("sentence_transformers")
         from baselines.dense_text import resolve_model

@@ -33,3 +33,24 @@ def closest(word: object, choices) -> str | None:
     import difflib
     found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return found[0] if found else None
+
+
+def validate_mapping(model, raw, source: str = "config"):
+    """``model.model_validate(raw)`` (a pydantic model of a YAML config file), or one
+    :class:`ConfigError` naming every offending key (``unknown key 'trainer.lr'``, ``'mode':
+    Input should be ... (got 'x')``)."""
+    from pydantic import ValidationError
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, "
+                          f"got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key {loc!r}")
+            else:
+                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None

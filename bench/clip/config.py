@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import ProtocolSpec, SplitSpec
-from bench.errors import ConfigError
+from bench.errors import ConfigError, validate_mapping
 
 MODES = ("locked-text", "finetune")
 
@@ -86,20 +86,7 @@ class ClipConfig(_Strict):
 
 def validate_clip_config(raw: Any, source: str = "config") -> ClipConfig:
     """Validate a mapping; the one-line error names every offending key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, "
-                          f"got {type(raw).__name__}")
-    try:
-        return ClipConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key {loc!r}")
-            else:
-                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    return validate_mapping(ClipConfig, raw, source)
 
 
 def load_clip_config(path: str | Path, overrides: list[str] | None = None,

@@ -138,6 +138,16 @@ def _resolve_encoder(cfg: FeaturesConfig, stickers: pd.DataFrame, has_images: bo
     return name
 
 
+def _config_and_cache(cfg: FeaturesConfig | dict | None, cache: FeatureCache | None
+                      ) -> tuple[FeaturesConfig, FeatureCache]:
+    """The validated features config (default when None) and its cache (from ``cache_dir``)."""
+    if cfg is None:
+        cfg = FeaturesConfig()
+    elif isinstance(cfg, dict):
+        cfg = FeaturesConfig.model_validate(cfg)
+    return cfg, cache if cache is not None else FeatureCache(cfg.cache_dir)
+
+
 def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
                     cache: FeatureCache | None = None, *, progress: bool = True
                     ) -> tuple[pd.DataFrame, np.ndarray | None, dict[str, Any]]:
@@ -151,12 +161,7 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
     ``embed_missing``, ``embed_missing_by_reason``, ``embed_computed``, ``embed_seconds``,
     ``descriptions``, ``notes``. A text-only dataset (no images) skips OCR with a note.
     """
-    if cfg is None:
-        cfg = FeaturesConfig()
-    elif isinstance(cfg, dict):
-        cfg = FeaturesConfig.model_validate(cfg)
-    if cache is None:
-        cache = FeatureCache(cfg.cache_dir)
+    cfg, cache = _config_and_cache(cfg, cache)
     stickers = dataset.stickers.copy()
     fp = dataset.fingerprint or None
     has_images = bool("image" in stickers.columns and stickers["image"].notna().any())
@@ -238,12 +243,7 @@ def fill_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
     cache folder; once every shard is done, :func:`attach_features` reads their union and
     computes nothing. Report: ``stickers`` (in this shard), ``shard``, ``ocr_computed``,
     ``embed_computed``, ``image_stages``, ``parallel``, ``seconds``, ``key_*`` (entries)."""
-    if cfg is None:
-        cfg = FeaturesConfig()
-    elif isinstance(cfg, dict):
-        cfg = FeaturesConfig.model_validate(cfg)
-    if cache is None:
-        cache = FeatureCache(cfg.cache_dir)
+    cfg, cache = _config_and_cache(cfg, cache)
     stickers = dataset.stickers
     ids = stickers["sticker_id"].astype(str).tolist()
     mine = shard_ids(ids, shard) if shard is not None else ids

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import ProtocolSpec, SplitSpec
-from bench.errors import ConfigError
+from bench.errors import ConfigError, validate_mapping
 from bench.vlm.module import DEFAULT_MODEL, DEFAULT_QUESTION, DEFAULT_TARGET_MODULES
 
 
@@ -93,21 +93,8 @@ class VlmConfig(_Strict):
 
 
 def validate_vlm_config(raw: Any, source: str = "config") -> VlmConfig:
-    """Validate a mapping; the error names every offending key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, "
-                          f"got {type(raw).__name__}")
-    try:
-        return VlmConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key {loc!r}")
-            else:
-                lines.append(f"{loc!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    """Validate a mapping; the one-line error names every offending key."""
+    return validate_mapping(VlmConfig, raw, source)
 
 
 def apply_benchmark_config(cfg: VlmConfig, path: str | Path, source: str = "config") -> VlmConfig:

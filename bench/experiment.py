@@ -170,7 +170,8 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
     data_report = write_inputs(cfg, folder, ds, requests, view, labels, feature_report,
                                split_report)
     resolved = cfg.model_dump(mode="json")
-    test_evaluations = record_evaluation(Path(folder).parent, ds.fingerprint, cfg.eval_split)
+    from bench.ledger import LEDGER, ledger_dir, record_evaluation
+    test_evaluations = record_evaluation(ledger_dir(), ds.fingerprint, cfg.eval_split)
     from bench.tracking import schema
     tracking.start_parent(run_name=cfg.name, ds=ds, config_hash=cfg.config_hash(),
                           config_path=config_path, parent_run_id=parent_run_id,
@@ -193,8 +194,9 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
     for line in _data_report_lines(data_report):
         echo(f"  {line} (see {folder / 'data_report.json'})")
     if cfg.eval_split == "test":
-        echo(f"  test split: evaluation {test_evaluations} of dataset {ds.fingerprint} in "
-             f"{Path(folder).parent} (choose settings on validation: eval_split=validation)")
+        echo(f"  test split: evaluation {test_evaluations} of dataset {ds.fingerprint} on this "
+             f"machine ({ledger_dir() / LEDGER}; choose settings on validation: "
+             "eval_split=validation)")
     for line in split_warnings(ds, splits, cfg):
         echo(f"  warning: {line}")
     kmax = max(cfg.ks)
@@ -235,40 +237,6 @@ def _run_in_folder(cfg: ExperimentConfig, folder: Path, tracking, ds, splits, re
                                    f"{experiment!r}, run {outcome.parent_run_id})"
                                    if outcome.parent_run_id else ""))
     return outcome
-
-
-#: The ledger of evaluations per dataset fingerprint, in the output folder.
-LEDGER = "evaluations.json"
-
-
-def record_evaluation(root: Path, fingerprint: str, split: str) -> int:
-    """Count this evaluation in ``root/evaluations.json`` (per dataset fingerprint and split,
-    under a file lock); returns how many evaluations of ``split`` the fingerprint has had,
-    this one included."""
-    import json
-
-    from filelock import FileLock
-
-    from bench.data.format import write_json_atomic
-    path = root / LEDGER
-    with FileLock(str(path) + ".lock", timeout=60):
-        try:
-            ledger = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        except (OSError, ValueError):
-            ledger = {}
-        counts = ledger.setdefault(str(fingerprint), {})
-        counts[split] = int(counts.get(split, 0)) + 1
-        write_json_atomic(path, ledger)
-    return counts[split]
-
-
-def evaluations_of(root: Path, fingerprint: str) -> dict[str, int]:
-    """Evaluations per split recorded for a dataset fingerprint under ``root`` ({} if none)."""
-    import json
-    try:
-        return dict(json.loads((root / LEDGER).read_text(encoding="utf-8")).get(fingerprint, {}))
-    except (OSError, ValueError, AttributeError):
-        return {}
 
 
 def split_warnings(ds, splits, cfg: ExperimentConfig) -> list[str]:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from bench.config import validate_config
-from bench.experiment import evaluations_of, run_experiment, split_warnings
+from bench.experiment import run_experiment, split_warnings
+from bench.ledger import evaluations_of
 
 RETRIEVERS = [
     {"name": "bm25", "params": {"fields": ["text"]}},
@@ -60,8 +61,10 @@ def test_test_evaluations_are_counted_per_dataset(tiny_dataset, tmp_path, isolat
     run_experiment(_cfg(tiny_dataset, out), echo=lines.append)
     run_experiment(_cfg(tiny_dataset, out), echo=lines.append)
     run_experiment(_cfg(tiny_dataset, out, eval_split="validation"), echo=lines.append)
-    (fingerprint,) = [k for k in __import__("json").loads((out / "evaluations.json").read_text())]
-    assert evaluations_of(out, fingerprint) == {"test": 2, "validation": 1}
+    ledger = isolated_cache / "features" / "evaluations.json"   # $PERSRV_BENCH_CACHE, not out/
+    (fingerprint,) = [k for k in __import__("json").loads(ledger.read_text())]
+    assert evaluations_of(ledger.parent, fingerprint) == {"test": 2, "validation": 1}
+    assert all((p / "status.json").is_file() for p in out.iterdir())  # only run folders there
     assert any("test split: evaluation 2 of dataset" in line for line in lines)
 
 

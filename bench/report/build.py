@@ -117,13 +117,14 @@ def _floor_section(rf: RunFolder, main: str) -> list[str]:
 
 
 def _evaluations_line(rf: RunFolder) -> list[str]:
-    """How many evaluations per split this dataset has had in the run's output folder (the
-    ledger ``bench.experiment`` keeps beside the run folders)."""
+    """How many evaluations per split this dataset has had on this machine (the ledger
+    :func:`bench.experiment.ledger_dir` keeps)."""
     import json
     try:
         report = json.loads((rf.path / "data_report.json").read_text(encoding="utf-8"))
         fingerprint = str(report.get("dataset", {}).get("fingerprint", ""))
-        ledger = rf.path.parent / "evaluations.json"
+        from bench.ledger import LEDGER, ledger_dir
+        ledger = ledger_dir() / LEDGER
         entry = json.loads(ledger.read_text(encoding="utf-8")).get(fingerprint) \
             if fingerprint and ledger.exists() else None
     except (OSError, ValueError, AttributeError):
@@ -131,7 +132,7 @@ def _evaluations_line(rf: RunFolder) -> list[str]:
     if not entry:
         return []
     text = ", ".join(f"{split}: {n}" for split, n in sorted(entry.items()))
-    return ["", f"Evaluations of dataset `{fingerprint}` in this output folder: {text}. Choose "
+    return ["", f"Evaluations of dataset `{fingerprint}` on this machine: {text}. Choose "
             "settings on validation; each test evaluation after the first is another look at "
             "the test split."]
 

@@ -9,8 +9,6 @@ never learns from clicks the experiment's sweeps or final test score.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,24 +92,8 @@ def load_clip_config(path: str | Path, overrides: list[str] | None = None,
                      benchmark_config: str | Path | None = None) -> ClipConfig:
     """Read a ``train-clip`` YAML, apply ``key=value`` overrides, ``dataset`` and
     ``benchmark_config``; relative paths as in :func:`bench.vlm.config.load_vlm_config`."""
-    from bench.config import read_yaml_config, resolve_data_path
-    from bench.vlm.config import apply_benchmark_config
+    from bench.vlm.config import load_training_config
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
-    raw = read_yaml_config(p, overrides)
-    if isinstance(raw, dict) and dataset is not None:
-        raw["dataset"] = str(dataset)
-    cfg = validate_clip_config(raw, source=str(p))
-    cfg_dir = p.resolve().parent
-    if cfg.dataset and dataset is None:
-        cfg.dataset = str(resolve_data_path(cfg.dataset, cfg_dir))
-    bench_path = benchmark_config if benchmark_config is not None else (
-        resolve_data_path(cfg.benchmark_config, cfg_dir) if cfg.benchmark_config else None)
-    if bench_path is not None:
-        apply_benchmark_config(cfg, bench_path, source=str(p))
-    return cfg
-
-
-def config_hash(cfg: ClipConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    return load_training_config(p, validate_clip_config, overrides, dataset, benchmark_config)

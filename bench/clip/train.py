@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.clip.config import ClipConfig, config_hash
+from bench.clip.config import ClipConfig
+from bench.vlm.config import config_hash
 from bench.errors import BenchError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -132,12 +132,21 @@ def load_vlm_config(path: str | Path, overrides: list[str] | None = None,
     directory, then the config's folder and its parent; ``output_dir`` stays relative to the
     working directory.
     """
+    return load_training_config(path, validate_vlm_config, overrides, dataset, benchmark_config)
+
+
+def load_training_config(path: str | Path, validate, overrides: list[str] | None = None,
+                         dataset: str | Path | None = None,
+                         benchmark_config: str | Path | None = None):
+    """The shared reader of training configs (``train-vlm``, ``train-clip``): YAML +
+    overrides, ``dataset``, ``validate(raw, source=...)``, relative paths, and the benchmark
+    config's split (:func:`load_vlm_config` documents the rules)."""
     from bench.config import read_yaml_config, resolve_data_path
     p = Path(path)
     raw = read_yaml_config(p, overrides)
     if isinstance(raw, dict) and dataset is not None:
         raw["dataset"] = str(dataset)
-    cfg = validate_vlm_config(raw, source=str(p))
+    cfg = validate(raw, source=str(p))
     cfg_dir = p.resolve().parent
     if cfg.dataset and dataset is None:
         cfg.dataset = str(resolve_data_path(cfg.dataset, cfg_dir))
@@ -148,5 +157,5 @@ def load_vlm_config(path: str | Path, overrides: list[str] | None = None,
     return cfg
 
 
-def config_hash(cfg: VlmConfig) -> str:
+def config_hash(cfg: BaseModel) -> str:
     return hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:12]

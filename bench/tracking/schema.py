@@ -227,23 +227,27 @@ def perf_tags(dataset: dict[str, Any], *, git_commit: str | None, **extra: Any) 
             **{k: str(v) for k, v in extra.items()}}
 
 
-def vlm_train_tags(*, dataset: str, fingerprint: str, config_hash: str, model: str,
-                   git_commit: str | None) -> dict[str, str]:
-    tags = {KIND: KIND_VLM_TRAIN, "dataset": dataset, "dataset_fingerprint": fingerprint,
-            "config_hash": config_hash, "model": model}
+def _train_tags(kind: str, dataset: str, fingerprint: str, config_hash: str,
+                git_commit: str | None, extra: dict[str, str]) -> dict[str, str]:
+    """Tags of a training run (``train-vlm``, ``train-clip``)."""
+    tags = {KIND: kind, "dataset": dataset, "dataset_fingerprint": fingerprint,
+            "config_hash": config_hash, **extra}
     if git_commit:
         tags[GIT_COMMIT] = git_commit
     return tags
+
+
+def vlm_train_tags(*, dataset: str, fingerprint: str, config_hash: str, model: str,
+                   git_commit: str | None) -> dict[str, str]:
+    return _train_tags(KIND_VLM_TRAIN, dataset, fingerprint, config_hash, git_commit,
+                       {"model": model})
 
 
 def clip_train_tags(*, dataset: str, fingerprint: str, config_hash: str, mode: str,
                     git_commit: str | None) -> dict[str, str]:
     """Tags of a ``train-clip`` run (its ``clip`` artifact is the checkpoint)."""
-    tags = {KIND: KIND_CLIP_TRAIN, "dataset": dataset, "dataset_fingerprint": fingerprint,
-            "config_hash": config_hash, "clip.mode": mode}
-    if git_commit:
-        tags[GIT_COMMIT] = git_commit
-    return tags
+    return _train_tags(KIND_CLIP_TRAIN, dataset, fingerprint, config_hash, git_commit,
+                       {"clip.mode": mode})
 
 
 def vlm_bench_tags(*, shape: str, device: str, git_commit: str | None) -> dict[str, str]:

@@ -35,7 +35,14 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
                               "features.encoder=precomputed"], [0, 1]),
     "calibrate-emoji-styles": ("experiments/emoji_styles.yaml", [], [0, 1]),
     "timings": ("experiments/quickstart.yaml", [], None),  # timings_block
+    # `perf`'s scaling curve, 54,310 ... 5,430,980 stickers (scaling_block; ~1 h on 2 cores the
+    # first time, mostly building the datasets): only when named, never by --check
+    "scaling": ("", [], None),
 }
+#: blocks regenerated only when named (long, and timings that vary between machines)
+ON_REQUEST = ("scaling",)
+#: where the scaling block's figure is written (the README shows it)
+SCALING_PNG = ROOT / "docs" / "scaling.png"
 CALIBRATE_USERS = 300
 #: the "timings" block: the README's main job, cold (empty cache) then warm, in fresh processes
 TIMED_COMMAND = ["-m", "bench", "run", "experiments/quickstart.yaml", "tracking.enabled=false",
@@ -156,6 +163,29 @@ def calibrate_block(name: str, workdir: Path) -> str:
             f"on {machine_line()}).\n")
 
 
+def scaling_block(workdir: Path) -> str:
+    """``perf``'s scaling curve (bm25 + persrv, zipf, one fresh process per size, requests at
+    the paper's density): the table with fitted exponents, docs/scaling.png, the machine line."""
+    import os
+    from bench.perf.config import DEFAULT_SCALING, PerfConfig
+    from bench.perf.render import plot_scaling, scaling_table
+    from bench.perf.scaling import run_scaling
+    t0 = time.perf_counter()
+    points = run_scaling(DEFAULT_SCALING, PerfConfig(workload="zipf"),
+                         echo=lambda s: print(s, file=sys.stderr), timeout=3 * 3600)
+    failed = [p for p in points if "error" in p]
+    if failed:
+        raise SystemExit(f"scaling point {failed[0]['size']:,} failed: {failed[0]['error']}")
+    plot_scaling(points, SCALING_PNG)
+    loads = [p.get("load_before", float("nan")) for p in points]
+    return ("\n".join(scaling_table(points)) + "\n\n![scaling](docs/scaling.png)\n\n"
+            f"`python benchmarks/readme_tables.py scaling` ({time.perf_counter() - t0:.0f} s wall "
+            f"incl. dataset builds; each point's 1-min load average before it ran: "
+            f"{', '.join(f'{x:.2f}' for x in loads)}; on {machine_line()}; "
+            f"max RAM {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB)."
+            "\n")
+
+
 def run_job(name: str, workdir: Path) -> str:
     """Run one job with tracking off in ``workdir``; return its README block body."""
     if name == "fidelity":
@@ -164,6 +194,8 @@ def run_job(name: str, workdir: Path) -> str:
         return calibrate_block(name, workdir)
     if name == "timings":
         return timings_block(workdir)
+    if name == "scaling":
+        return scaling_block(workdir)
     from bench.config import load_config
     from bench.experiment import run_experiment
     config, overrides, seeds = JOBS[name]
@@ -203,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="compare the tables (not the timing line) instead of writing")
     args = parser.parse_args(argv)
-    names = args.names or list(JOBS)
+    names = args.names or [n for n in JOBS if n not in ON_REQUEST]
     if args.check:  # timings differ from machine to machine: nothing to compare
-        names = [n for n in names if n != "timings"]
+        names = [n for n in names if n not in ("timings", *ON_REQUEST)]
     text = README.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="persrv-readme-") as tmp:
         for name in names:

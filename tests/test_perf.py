@@ -93,9 +93,12 @@ def test_perf_command_small(tmp_path, isolated_cache):
     sizes = [p["size"] for p in result["scaling"]]
     assert sizes == [1000, 2000] and all("error" not in p for p in result["scaling"])
     assert all(p["peak_rss_mb"] > 0 and p["total_s"] > 0 for p in result["scaling"])
+    # requests at the paper's density (12,568 per 543,098 stickers), not the main run's cap
+    assert [p["requests"] for p in result["scaling"]] == [23, 46]
     assert (out / "scaling.png").stat().st_size > 1000
     md = (out / "perf.md").read_text(encoding="utf-8")
     assert "## Targets" in md and "## Scaling" in md and "extrapolated" in md
+    assert "| **exponent** (log-log slope) |" in md
     assert "| persrv |" in md and "load average" in md
     assert "| tantivy |" in md and "| bm25s-numba |" in md and "Workload **zipf**" in md
     assert (out / "perf.md").read_text(encoding="utf-8") in res.output
@@ -305,3 +308,37 @@ def test_standardized_rerank_equals_scoring_the_whole_pool(mode, weight, never_l
                                  cl, float(weight), mode, never_lower, blas=True)
     pos, want_scores = top_k_entries(final, np.broadcast_to(np.arange(100), final.shape), k)
     assert np.array_equal(small[1][todo, :want_scores.shape[1]], want_scores)
+
+
+def test_scaling_exponents_are_log_log_slopes():
+    from bench.perf.render import scaling_table
+    from bench.perf.scaling import fit_exponents
+
+    def point(n, stages):
+        return {"size": n, "requests": n // 50, "clicks": 2 * n, "load_s": 1e-5 * n,
+                "total_s": 3e-7 * n ** 1.5, "rss_loaded_mb": 0.01 * n, "peak_rss_mb": 5 * n ** 0.5,
+                "bm25": {"stages": {"index": {"seconds": 2e-5 * n}, "recall": {"seconds": 0.5}}},
+                "persrv": {"stages": stages}}
+    pts = [point(n, {"recall": {"seconds": 1e-9 * n ** 2}}) for n in (10_000, 100_000, 1_000_000)]
+    pts.append({"size": 3_000_000, "error": "killed"})  # a failed point is left out
+    slopes = fit_exponents(pts)
+    assert slopes["load s"] == pytest.approx(1.0) and slopes["bm25 index"] == pytest.approx(1.0)
+    assert slopes["bm25 search"] == pytest.approx(0.0, abs=1e-9)
+    assert slopes["persrv recall"] == pytest.approx(2.0)
+    assert slopes["bm25 + persrv s"] == pytest.approx(1.5)
+    assert slopes["peak RSS MB"] == pytest.approx(0.5)
+    assert slopes["persrv rerank"] is None  # never measured
+    table = scaling_table(pts)
+    assert len(table) == 2 + 3 + 1 and table[2].startswith("| 10,000 | 200 | 20,000 |")
+    assert "**2.00**" in table[-1] and "**1.50**" in table[-1]
+
+
+def test_zipf_users_and_requests_grow_with_the_corpus_past_the_paper():
+    from bench.perf.config import (DEFAULT_SCALING, PAPER_REQUESTS, PAPER_STICKERS,
+                                   paper_density_requests, zipf_users)
+    assert DEFAULT_SCALING[0] == 54_310 and DEFAULT_SCALING[-1] == 5_430_980
+    assert zipf_users(1_000) == 100 and zipf_users(40_000) == 1_000
+    assert zipf_users(PAPER_STICKERS) == PAPER_REQUESTS == paper_density_requests(PAPER_STICKERS)
+    assert zipf_users(5_430_980) == paper_density_requests(5_430_980) == 125_680
+    sizes = range(400_000, 700_000, 1_000)
+    assert all(zipf_users(a) <= zipf_users(b) for a, b in zip(sizes, sizes[1:]))

@@ -6,7 +6,24 @@ from dataclasses import dataclass
 
 PAPER_STICKERS = 543_098
 PAPER_REQUESTS = 12_568
-DEFAULT_SCALING = (10_000, 100_000, PAPER_STICKERS, 1_000_000)
+#: The scaling curve's corpus sizes: half decades from a tenth to ten times the paper's
+#: (54,310 ... 5,430,980 stickers); requests grow with the corpus (:func:`paper_density_requests`).
+DEFAULT_SCALING = tuple(round(PAPER_STICKERS * 10 ** (e / 2)) for e in (-2, -1, 0, 1, 2))
+
+
+def paper_density_requests(size: int) -> int:
+    """Test requests at the paper's density for a corpus of ``size`` stickers (12,568 per
+    543,098: 125,680 at 5,430,980)."""
+    return max(1, round(size * PAPER_REQUESTS / PAPER_STICKERS))
+
+
+def zipf_users(size: int) -> int:
+    """Simulated users of the zipf workload: one per 40 stickers up to the paper's 12,568
+    (reached at 502,720 stickers), then at the paper's density (125,680 at 5,430,980), so the
+    test split has about one request per user at every size past the paper's."""
+    if size <= PAPER_STICKERS:
+        return int(min(PAPER_REQUESTS, max(100, size // 40)))
+    return paper_density_requests(size)
 #: Workloads (``--workload``): ``zipf`` (the default, the targets are judged on it) and
 #: ``concepts`` (the 46-concept synthetic vocabulary of the ``synthetic`` builder).
 WORKLOADS = ("zipf", "concepts")

@@ -249,26 +249,36 @@ def _targets(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def scaling_table(points: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one row per corpus size (every stage of bm25 and persrv, seconds; memory,
+    MB) and a last row with each column's fitted log-log exponent."""
+    from bench.perf.scaling import SCALING_COLUMNS, fit_exponents
+    pts = sorted((p for p in points if "error" not in p), key=lambda p: p["size"])
+    if not pts:
+        return []
+    heads = [h for h, _ in SCALING_COLUMNS]
+    lines = ["| stickers | requests | fitting clicks | " + " | ".join(heads) + " |",
+             "|" + "---:|" * (3 + len(heads))]
+    for p in pts:
+        cells = []
+        for head, value in SCALING_COLUMNS:
+            v = value(p)
+            cells.append("" if v is None else f"{v:,.0f}" if head.endswith("MB") else f"{v:.2f}")
+        lines.append(f"| {p['size']:,} | {p['requests']:,} | {p['clicks']:,} | "
+                     + " | ".join(cells) + " |")
+    slopes = fit_exponents(pts)
+    lines.append("| **exponent** (log-log slope) | | | " + " | ".join(
+        "" if slopes[h] is None else f"**{slopes[h]:.2f}**" for h in heads) + " |")
+    return lines
+
+
 def _scaling(result: dict[str, Any]) -> list[str]:
     """The scaling table (and failed points)."""
     lines: list[str] = []
-    pts = [p for p in result.get("scaling") or [] if "error" not in p]
-    if pts:
-        lines += ["## Scaling (bm25 + persrv, one fresh process per size)", "",
-                  "| stickers | requests | fitting clicks | load s | bm25 index | bm25 search | "
-                  "persrv index | utility | clusters | recall | rerank | metrics | bm25+persrv s | "
-                  "RSS after load MB | peak RSS MB |", "|" + "---:|" * 15]
-        for p in pts:
-            st = p["persrv"]["stages"]
-            b = p["bm25"]["stages"]
-            cell = [f"{st[c]['seconds']:.2f}" if c in st else "" for c in
-                    ("index", "utility", "clusters", "recall", "rerank", "metrics")]
-            lines.append(f"| {p['size']:,} | {p['requests']:,} | {p['clicks']:,} | "
-                         f"{p['load_s']:.2f} | {b['index']['seconds']:.2f} | "
-                         f"{b['recall']['seconds']:.2f} | " + " | ".join(cell) +
-                         f" | {p['total_s']:.2f} | {p['rss_loaded_mb']:,.0f} | "
-                         f"{p['peak_rss_mb']:,.0f} |")
-        lines.append("")
+    table = scaling_table(result.get("scaling") or [])
+    if table:
+        lines += ["## Scaling (bm25 + persrv, one fresh process per size, requests at the "
+                  "paper's density)", "", *table, ""]
     for p in result.get("scaling") or []:
         if "error" in p:
             lines.append(f"scaling point {p['size']:,} failed: {p['error'][-300:]}")
@@ -296,14 +306,17 @@ def plot_scaling(points: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     x = [p["size"] for p in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    series = {"bm25 + persrv (end to end)": [p["total_s"] for p in pts],
-              "bm25 (end to end)": [p["bm25"]["e2e_s"] for p in pts]}
-    for stage in ("index", "clusters", "recall", "rerank", "metrics"):
-        series[f"persrv {stage}"] = [p["persrv"]["stages"].get(stage, {}).get("seconds", 0.0)
-                                     for p in pts]
-    for label, ys in series.items():
-        ax1.plot(x, [max(y, 1e-3) for y in ys], marker="o", label=label,
-                 linewidth=2.2 if "end to end" in label else 1.2)
+    from bench.perf.scaling import SCALING_COLUMNS, fit_exponents
+    slopes = fit_exponents(pts)
+    for head, value in SCALING_COLUMNS:
+        if head.endswith("MB"):
+            continue
+        ys = [value(p) for p in pts]
+        if not any(y and y > 0.01 for y in ys):
+            continue
+        slope = f" (slope {slopes[head]:.2f})" if slopes.get(head) is not None else ""
+        ax1.plot(x, [max(y or 0.0, 1e-3) for y in ys], marker="o", label=head + slope,
+                 linewidth=2.2 if head.endswith(" s") else 1.0)
     for p in pts:
         ax1.annotate(f"{p['requests']:,} req", (p["size"], p["total_s"]), fontsize=7,
                      textcoords="offset points", xytext=(-18, 7))
@@ -313,9 +326,12 @@ def plot_scaling(points: list[dict[str, Any]], path: Path) -> Path | None:
     ax1.set_ylabel("wall seconds")
     ax1.set_title("time vs corpus size")
     ax1.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=7)
-    ax2.plot(x, [p["peak_rss_mb"] for p in pts], marker="o", label="process peak RSS")
-    ax2.plot(x, [p["rss_loaded_mb"] for p in pts], marker="s", label="RSS after data load")
+    ax1.legend(fontsize=6, ncol=2)
+    for head, key, marker in (("peak RSS MB", "peak_rss_mb", "o"),
+                              ("RSS after load MB", "rss_loaded_mb", "s")):
+        slope = f" (slope {slopes[head]:.2f})" if slopes.get(head) is not None else ""
+        ax2.plot(x, [p[key] for p in pts], marker=marker, label=head.replace(" MB", "") + slope)
+    ax2.set_yscale("log")
     ax2.set_xscale("log")
     ax2.set_xlabel("stickers")
     ax2.set_ylabel("MB")

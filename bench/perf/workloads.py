@@ -11,7 +11,8 @@ belongs to one topic, ``ocr_fraction`` (60 %) of them carry OCR text (1-4 words,
 topic's core words, the rest background words from the Zipfian vocabulary); one of 6 styles,
 with a precomputed style vector in ``embedding`` (prototype + noise). Users are simulated by
 :func:`bench.data.simulate.simulate_clicks` with per-user style preferences over ``gt_style``
-and topic interests over ``gt_topic`` (``n_stickers // 40`` users, at most 12,568). At paper
+and topic interests over ``gt_topic`` (:func:`bench.perf.config.zipf_users`: ``n_stickers // 40``
+users up to the paper's 12,568, then the paper's users per sticker). At paper
 scale that gives thousands of distinct test queries (``perf`` prints the count).
 
 Either is written in the canonical format (DESIGN §2) under the dataset cache
@@ -35,10 +36,10 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.errors import ConfigError
-from bench.perf.config import WORKLOADS, PerfConfig
+from bench.perf.config import WORKLOADS, PerfConfig, zipf_users
 
 ZIPF_WORDS = 50_000
-ZIPF_VERSION = "1"
+ZIPF_VERSION = "2"  # 2: users past the paper size grow with the corpus (zipf_users)
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
 
@@ -148,7 +149,7 @@ def build_zipf(out: str | Path, *, n_stickers: int, seed: int = 0, n_words: int 
                                                   embedding_noise, seed))
     lists = [[" ".join(words[list(p)]) for p in ph] for ph in phrases]  # one object per topic
     queries = dict(zip(ids.tolist(), (lists[t] for t in topic.tolist())))
-    cfg = simulator_config(None, n_users=int(min(12_568, max(100, n_stickers // 40))),
+    cfg = simulator_config(None, n_users=zipf_users(n_stickers),
                            seed=seed, group_col="gt_style", topic_col="gt_topic")
     clicks = simulate_clicks(stickers, queries, cfg)
     params = zipf_params(n_stickers, seed) | dict(ocr_fraction=ocr_fraction,

@@ -15,6 +15,7 @@ import sys
 import click
 
 from bench import __version__
+from bench.cli.options import parse_shard
 
 
 class LazyGroup(click.Group):
@@ -209,24 +210,12 @@ def run_cmd(config: str, extra: tuple[str, ...], overrides: tuple[str, ...], see
         sys.exit(1)
 
 
-def _shard(ctx, param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        i, n = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise click.BadParameter(f"expected I/N (0 <= I < N), e.g. 0/4, got {value!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise click.BadParameter(f"expected I/N with 0 <= I < N, got {value!r}")
-    return i, n
-
-
 @cli.command("features")
 @click.argument("config", type=click.Path())
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. -o features.ocr=false or "
                    "-o dataset.params.n_stickers=500 (repeatable).")
-@click.option("--shard", default=None, callback=_shard, metavar="I/N",
+@click.option("--shard", default=None, callback=parse_shard, metavar="I/N",
               help="Compute only shard I of N (0-based contiguous blocks of the stickers) into "
                    "the shared feature cache, e.g. --shard $SLURM_ARRAY_TASK_ID/4; shards may "
                    "run at once on machines sharing features.cache_dir, and a later run reads "

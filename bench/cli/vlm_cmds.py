@@ -11,6 +11,8 @@ import json
 
 import click
 
+from bench.cli.options import parse_shard
+
 
 def _devices(value: str | None):
     """``--devices`` as Lightning takes it: ``auto``, a count (``2``), ``-1`` or ids ``0,1``."""
@@ -103,13 +105,19 @@ def train_vlm(config: str, dataset: str | None, benchmark_config: str | None,
 @click.option("--show", type=click.IntRange(min=0), default=10, help="Print the first N rows.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the descriptions to this parquet/csv file.")
+@click.option("--shard", default=None, callback=parse_shard, metavar="I/N",
+              help="Describe only shard I of N (0-based contiguous blocks of the stickers, after "
+                   "--limit) into the shared feature cache, e.g. --shard $SLURM_ARRAY_TASK_ID/4; "
+                   "shards may run at once on machines sharing the cache folder (--cache-dir / "
+                   "describe.cache_dir), and a later describe or run reads their union. One "
+                   "device per shard (not with --devices N > 1).")
 def describe(config: str, dataset: str | None, benchmark_config: str | None,
              overrides: tuple[str, ...], devices: str | None,
              tracking_uri: str | None, adapter: str | None, batch_size: int | None,
              max_new_tokens: int | None, limit: int | None, cache_dir: str | None, show: int,
-             out_path: str | None) -> None:
-    """Describe every sticker of CONFIG's dataset with the base VLM or a fine-tuned adapter
-    (cached: a second run does no work; an interrupted one resumes)."""
+             out_path: str | None, shard: tuple[int, int] | None) -> None:
+    """Describe every sticker of CONFIG's dataset (or one shard of them) with the base VLM or a
+    fine-tuned adapter (cached: a second run does no work; an interrupted one resumes)."""
     from bench.errors import ConfigError
     from bench.features.cache import FeatureCache
     from bench.vlm.describe import describe_stickers
@@ -128,7 +136,7 @@ def describe(config: str, dataset: str | None, benchmark_config: str | None,
         devices=d.devices if n_devices is None else n_devices,
         accelerator=d.accelerator, precision=d.precision, limit=limit, chunk_size=d.chunk_size,
         tracking_uri=tracking_uri or cfg.tracking_uri, stats=stats, split=cfg.split,
-        protocol=cfg.protocol)
+        protocol=cfg.protocol, shard=shard)
     from bench.vlm.dist import env_rank
     if env_rank() != 0:
         return
@@ -137,7 +145,8 @@ def describe(config: str, dataset: str | None, benchmark_config: str | None,
             frame.to_csv(out_path, index=False)
         else:
             frame.to_parquet(out_path, index=False)
-    click.echo(f"{len(frame)} stickers: {stats.get('generated', 0)} generated, "
+    where = f"shard {shard[0]}/{shard[1]}, " if shard is not None else ""
+    click.echo(f"{where}{len(frame)} stickers: {stats.get('generated', 0)} generated, "
                f"{stats.get('cached', 0)} from cache, {stats.get('no_image', 0)} without image "
                f"(model {stats.get('model')}, adapter {stats.get('adapter_id')}, "
                f"cache key {stats.get('key')})")

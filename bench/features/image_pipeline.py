@@ -259,8 +259,9 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
 
 
 def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
-    """Shard ``I`` of ``N`` (0-based): the I-th of N contiguous, near-equal blocks of ``ids``
-    in their order (every sticker in exactly one shard)."""
+    """Shard ``I`` of ``N`` (0-based; ``features`` and ``describe --shard I/N``): the I-th of N
+    contiguous, near-equal blocks of ``ids`` in their order (every sticker in exactly one
+    shard)."""
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         from bench.errors import ConfigError

@@ -178,6 +178,21 @@ def _build_predictor(**kwargs: Any) -> _Predictor:
     return _Predictor(**kwargs)
 
 
+def _multi_process(devices: Any, strategy: Any) -> bool:
+    """Whether Trainer settings ask for several processes (DDP, FSDP, ...): more than one
+    device, all of them (-1), or a multi-process strategy."""
+    if isinstance(devices, (list, tuple)):
+        many = len(devices) > 1
+    else:
+        try:
+            n = int(devices)
+        except (TypeError, ValueError):  # "auto": known once the Trainer is built
+            n = 1
+        many = n > 1 or n == -1
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__ if strategy else ""
+    return many or any(k in name.lower() for k in ("ddp", "fsdp", "deepspeed"))
+
+
 def describe_stickers(dataset_dir: str | Path, model: Any = None,
                       adapter: str | Path | None = None, *, batch_size: int = 8,
                       max_new_tokens: int = 32, cache: FeatureCache | None = None,
@@ -185,7 +200,8 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
                       precision: str = "auto", limit: int | None = None, chunk_size: int = 256,
                       num_workers: int = 0, tracking_uri: str | None = None,
                       stats: dict[str, Any] | None = None, split: Any = None,
-                      protocol: Any = None) -> pd.DataFrame:
+                      protocol: Any = None, shard: tuple[int, int] | None = None
+                      ) -> pd.DataFrame:
     """Descriptions of the stickers of ``dataset_dir`` (``limit``: the first N only), cached.
 
     Args:
@@ -195,18 +211,31 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
             ``models:/`` URI, or None for the base model.
         devices / accelerator / strategy / precision: Trainer settings (``devices > 1`` -> DDP).
         cache: the feature cache (default location if None).
-        stats: if given, filled with ``generated``, ``cached``, ``no_image`` counts and the key.
+        stats: if given, filled with ``generated``, ``cached``, ``no_image`` counts (of the
+            ``stickers`` described: all, or the shard's), the key and ``shard`` (``"I/N"``).
         split, protocol: the experiment's; an adapter trained on this dataset under another
             split is refused (:func:`check_adapter_split`). ``split`` None: no check.
+        shard: ``(I, N)``: only shard I of N of the stickers (after ``limit``;
+            :func:`~bench.features.image_pipeline.shard_ids`, contiguous blocks, 0-based), into
+            the same cache entry as an unsharded run: shards may run at once on machines sharing
+            the cache folder, and a later unsharded run reads their union and generates nothing.
+            Shards spread the work over machines, ``devices > 1`` (DDP) over the GPUs of one:
+            both at once is refused.
 
-    Returns a frame ``[sticker_id, description, keywords]`` in the dataset's sticker order. Under
-    DDP every rank returns the full frame; only rank 0 writes the cache.
+    Returns a frame ``[sticker_id, description, keywords]`` in the dataset's sticker order (the
+    shard's stickers only, with ``shard``). Under DDP every rank returns the full frame; only
+    rank 0 writes the cache.
     """
     from bench.data.format import load_dataset
     from bench.vlm.config import ModelSection
     from bench.vlm.module import resolve_precision
     from bench.vlm.tiny import TINY_MODEL_NAME
 
+    if shard is not None and _multi_process(devices, strategy):
+        raise ConfigError(f"--shard {shard[0]}/{shard[1]} with devices={devices!r}"
+                          f"{f', strategy={strategy!r}' if strategy else ''}: shards spread "
+                          "describe over machines, DDP over the GPUs of one; use one of them "
+                          "(--devices 1 with --shard)")
     spec = model if isinstance(model, ModelSection) else ModelSection.model_validate(model or {})
     model_name = TINY_MODEL_NAME if spec.tiny else spec.name_or_path
     cache = cache or FeatureCache()
@@ -216,6 +245,9 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
     key = description_cache_key(cache, ds.fingerprint, model_name, adapter_id)
     stickers = ds.stickers if limit is None else ds.stickers.head(limit)
     ids = stickers["sticker_id"].tolist()
+    if shard is not None:
+        from bench.features.image_pipeline import shard_ids
+        ids = shard_ids(ids, shard)
     paths = {sid: ds.image_path(rel) for sid, rel in zip(stickers["sticker_id"], stickers["image"])}
     trainer_precision, dtype = resolve_precision(precision, accelerator)
     module_kwargs = dict(model_name_or_path=spec.name_or_path, tiny=spec.tiny,
@@ -234,6 +266,10 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
                 module_kwargs=module_kwargs, devices=devices, accelerator=accelerator,
                 strategy=strategy, precision=trainer_precision, batch_size=batch_size,
                 num_workers=num_workers))
+            world = getattr(getattr(predictor[0], "trainer", None), "world_size", 1)
+            if shard is not None and isinstance(world, int) and world > 1:  # devices="auto"
+                raise ConfigError(f"--shard {shard[0]}/{shard[1]}: devices={devices!r} gave "
+                                  f"{world} processes (DDP); use --devices 1 with --shard")
         rows = {r["sticker_id"]: r for r in predictor[0](chunk, [paths[s] for s in chunk])}
         missing = [s for s in chunk if s not in rows]
         if missing:
@@ -261,8 +297,9 @@ def describe_stickers(dataset_dir: str | Path, model: Any = None,
                     ds.name, counts["no_image"])
     if stats is not None:
         stats.update(counts, cached=len(ids) - counts["generated"] - counts["no_image"], key=key,
-                     adapter_id=adapter_id, model=model_name)
-    out = out[["sticker_id", "description", "keywords"]].copy()
+                     adapter_id=adapter_id, model=model_name, stickers=len(ids),
+                     shard=f"{shard[0]}/{shard[1]}" if shard else None)
+    out = out.reindex(columns=["sticker_id", "description", "keywords"])  # an empty shard too
     out["description"] = out["description"].fillna("").astype(str)
     out["keywords"] = out["keywords"].fillna("").astype(str)
     return out

@@ -178,6 +178,30 @@ def test_tiny_locked_text_dual_encoder_loss_falls(dataset):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+def test_one_cycle_schedule_warms_up_then_anneals_over_the_whole_run(dataset, tmp_path):
+    import lightning as L
+    torch.manual_seed(0)
+    dm = ClipPairsDataModule(dataset, image_size=16, encode_texts=fake_text(), batch_size=4)
+    module = ClipDualModule("locked-text", text_dim=16, image_arch="small-cnn", image_size=16,
+                            image_width=4, lr=0.01, schedule="one-cycle")
+    seen: list[float] = []
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, callbacks=[Watch()],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    top = int(np.argmax(seen))
+    assert len(seen) == trainer.global_step >= 6
+    assert seen[0] < 0.1 * 0.01 and seen[top] == pytest.approx(0.01, rel=0.05)
+    assert 0 < top < len(seen) - 1 and seen[-1] < 0.05 * 0.01
+    assert all(a >= b for a, b in zip(seen[top:], seen[top + 1:]))  # cosine down to the end
+
+
 def test_finetune_lora_on_tiny_open_clip_trains_only_the_adapter(dataset):
     torch.manual_seed(0)
     module = ClipDualModule("finetune", open_clip_config=TINY_CLIP, lora=True, lora_r=4,

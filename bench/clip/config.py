@@ -56,6 +56,9 @@ class TrainerSection(_Strict):
     max_minutes: float | None = Field(None, gt=0)  #: wall-clock cap (Trainer ``max_time``)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
+    #: learning rate over training: ``constant``, or ``one-cycle`` (warm up over the first 10 %
+    #: of ``max_epochs``' steps to ``lr``, then cosine down; Smith & Topin 2019)
+    schedule: Literal["constant", "one-cycle"] = "constant"
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(0.07, gt=0, le=1)  #: initial; learned (capped at 1/100)
     augment: bool = True                          #: random flips and shifts of training images

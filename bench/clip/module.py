@@ -48,7 +48,8 @@ class ClipDualModule(L.LightningModule):
         open_clip_model, open_clip_pretrained, open_clip_config: finetune model (see
             :func:`bench.clip.towers.build_open_clip`).
         lora, lora_r, lora_alpha, lora_dropout, target_modules: finetune via a peft LoRA adapter.
-        lr, weight_decay: AdamW; temperature: initial temperature; augment: image augmentation.
+        lr, weight_decay: AdamW; schedule: ``constant`` or ``one-cycle`` (over the trainer's
+            estimated steps); temperature: initial temperature; augment: image augmentation.
     """
 
     def __init__(self, mode: str = "locked-text", *, text_dim: int = 384,
@@ -57,7 +58,8 @@ class ClipDualModule(L.LightningModule):
                  open_clip_config: dict | None = None, lora: bool = False, lora_r: int = 8,
                  lora_alpha: float = 16, lora_dropout: float = 0.0,
                  target_modules: list[str] | None = None, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, temperature: float = 0.07, augment: bool = True):
+                 schedule: str = "constant", weight_decay: float = 1e-4,
+                 temperature: float = 0.07, augment: bool = True):
         super().__init__()
         if mode not in ("locked-text", "finetune"):
             raise ValueError(f"mode must be locked-text or finetune, got {mode!r}")
@@ -127,10 +129,16 @@ class ClipDualModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._gen.manual_seed(int(torch.initial_seed()) % (2 ** 63))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("schedule", "constant") == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr,
+                                                    total_steps=total, pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------------------- export
     def export_state(self) -> dict[str, torch.Tensor]:

@@ -34,7 +34,8 @@ def module_settings(cfg: ClipConfig, text_dim: int) -> dict[str, Any]:
             "open_clip_pretrained": oc.pretrained, "open_clip_config": oc.config,
             "lora": oc.lora, "lora_r": oc.lora_r, "lora_alpha": oc.lora_alpha,
             "lora_dropout": oc.lora_dropout, "target_modules": list(oc.target_modules),
-            "lr": t.lr, "weight_decay": t.weight_decay, "temperature": t.temperature,
+            "lr": t.lr, "schedule": t.schedule, "weight_decay": t.weight_decay,
+            "temperature": t.temperature,
             "augment": t.augment}
 
 

@@ -243,3 +243,16 @@ def test_boxes_on_one_line_read_left_to_right_even_when_one_sits_higher():
     star = [("★", 0.9), ("HOLD", 0.8), ("TIGHT", 0.7)]
     assert _assemble(boxes, star)[0] == "HOLD TIGHT"  # a drawn shape is not a word
     assert _assemble(boxes, star, symbols=True)[0] == "HOLD ★ TIGHT"
+
+
+def test_detector_input_table_gives_rapidocrs_preprocessing_bit_for_bit():
+    from bench.features.ocr_paddle import _det_input, _new_engine
+    engine = _new_engine()
+    rng = np.random.default_rng(5)
+    for shape in [(256, 224, 3), (32, 64, 3), (192, 320, 3)]:
+        img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        img[0, :3] = [[0, 0, 0], [255, 255, 255], [127, 128, 1]]  # both ends of the table
+        ref = engine.text_det.get_preprocess(max(shape[:2]))(img)
+        mine = _det_input(engine, img)
+        assert mine.dtype == ref.dtype == np.float32 and mine.shape == ref.shape
+        assert np.array_equal(mine.view(np.uint32), ref.view(np.uint32))

@@ -183,8 +183,10 @@ def attach_features(dataset: Any, cfg: FeaturesConfig | dict | None = None,
         pipe = fill_image_features(stickers, dataset.root, fp, cache, ocr=ocr_cfg,
                                    encoder=encoder, workers=_workers(cfg, ocr_cfg),
                                    parallel=cfg.parallel, progress=progress)
-        report.update({k: pipe[k] for k in ("parallel", "image_stages", "image_stages_cpu",
-                                            "worker_peak_rss")}, images_seconds=pipe["seconds"])
+        report.update({k: pipe.get(k) for k in ("parallel", "image_stages", "image_stages_cpu",
+                                                "worker_peak_rss", "first_task_s",
+                                                "steady_images_per_s")},
+                      images_seconds=pipe["seconds"])
     else:
         pipe = {}
     if ocr_cfg is None:

@@ -57,8 +57,10 @@ def process_images(paths: Sequence[str | None], ocr: OcrConfig | None, encoder: 
 
     Returns ``readings`` (``(text, confidence, missing reason)`` per path, or None),
     ``vectors`` (float32, ``raw_dim`` columns for encoders with ``raw_features``, else ``dim``;
-    zero rows for unreadable images) with ``reasons``, and ``timings`` (seconds per stage).
+    zero rows for unreadable images) with ``reasons``, ``timings`` (seconds per stage), and
+    ``span``: the task's start and end on the machine-wide monotonic clock (seconds).
     """
+    began = time.monotonic()
     timings = dict.fromkeys(STAGES + tuple(f"{s}_cpu" for s in STAGES), 0.0)
     clock = time.perf_counter(), time.thread_time()
     frames = ocr.frames if ocr is not None else 1
@@ -78,7 +80,7 @@ def process_images(paths: Sequence[str | None], ocr: OcrConfig | None, encoder: 
         add_stage_time(timings, "embed", *clock)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"readings": readings, "vectors": vectors, "reasons": reasons, "timings": timings,
-            "pid": os.getpid(), "peak_rss": int(peak)}
+            "pid": os.getpid(), "peak_rss": int(peak), "span": (began, time.monotonic())}
 
 
 def _ocr_decoded(decoded, ocr: OcrConfig, timings: dict[str, float], paths
@@ -164,14 +166,17 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
     decoding each image once. Returns ``{parallel, workers, ocr_computed, embed_computed,
     image_stages (wall seconds per stage, summed over workers), image_stages_cpu (CPU seconds
     of the threads that ran each stage), worker_peak_rss (bytes, the largest worker process;
-    this process in threads mode), seconds}``.
+    this process in threads mode), seconds, first_task_s (from the call to the first task's
+    start: pool and model start-up), steady_images_per_s (the sum over workers of each one's
+    images over its first task's start to its last task's end: the rate while every worker is
+    busy, what a long run approaches)}``.
 
     ``ocr``: OCR settings or None; an engine that reads files only (tesseract) is run through
     :func:`ocr_stickers` on the stickers in question. ``encoder``: an image encoder or None
     (``precomputed``: nothing to do here).
     """
     from bench.progress import Progress
-    t_start = time.perf_counter()
+    t_start, mono_start = time.perf_counter(), time.monotonic()
     root_path = Path(root) if root is not None else None
     all_ids = stickers["sticker_id"].astype(str).tolist()
     paths = dict(zip(all_ids, image_paths(stickers, root_path)))
@@ -206,6 +211,7 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
     report["parallel"] = mode
     stages = dict.fromkeys(STAGES + tuple(f"{s}_cpu" for s in STAGES), 0.0)
     peaks: dict[int, int] = {}
+    spans: dict[Any, list[float]] = {}  # worker -> [images, first start, last end]
     buffers: dict[str, list[pd.DataFrame]] = {"ocr": [], "embed": []}
 
     def flush(what: str) -> None:
@@ -231,6 +237,10 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
                     for k in stages:
                         stages[k] += t.get(k, 0.0)
                     peaks[res["pid"]] = max(peaks.get(res["pid"], 0), res["peak_rss"])
+                    worker = res["pid"] if mode == "processes" else "pool"
+                    span = spans.setdefault(worker, [0, res["span"][0], res["span"][1]])
+                    span[0] += len(chunk)
+                    span[1], span[2] = min(span[1], res["span"][0]), max(span[2], res["span"][1])
                     if res["readings"] is not None:
                         # wall seconds per image, with ``workers`` tasks running at once
                         per = (t["decode"] + t["detect"] + t["recognise"]) / max(1, len(chunk)) \
@@ -255,6 +265,11 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
     report["image_stages_cpu"] = {k: round(stages[f"{k}_cpu"], 3) for k in shown}
     report["worker_peak_rss"] = max(peaks.values()) if peaks else 0
     report["seconds"] = round(time.perf_counter() - t_start, 3)
+    if spans:
+        report["first_task_s"] = round(min(v[1] for v in spans.values()) - mono_start, 3)
+        # threads (and inline) are one entry: its images over its span is already the pool's rate
+        report["steady_images_per_s"] = sum(v[0] / (v[2] - v[1]) for v in spans.values()
+                                            if v[2] > v[1]) or None
     return report
 
 

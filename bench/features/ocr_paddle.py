@@ -73,10 +73,36 @@ def paddle_version() -> str:
 
 def _new_engine():
     """A RapidOCR instance; only its detector, cropper and recogniser are used. Its detector's
-    own resizing is off (limit 32 px, i.e. only rounding to multiples of 32): we resize."""
+    own resizing is off (limit 32 px, i.e. only rounding to multiples of 32): we resize. It
+    carries the detector's input table (:func:`det_input_table`)."""
     from rapidocr_onnxruntime import RapidOCR
-    return RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
-                    print_verbose=False, det_limit_side_len=32, det_limit_type="min")
+    engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
+                      print_verbose=False, det_limit_side_len=32, det_limit_type="min")
+    engine.persrv_det_table = det_input_table(engine.text_det)
+    return engine
+
+
+def det_input_table(det) -> np.ndarray:
+    """``float32 (3, 256)``: the detector's normalised input for each uint8 value per channel,
+    computed with the very operations of rapidocr's ``DetPreProcess.normalize`` (``float32 x
+    scale``, then ``- mean`` and ``/ std`` in float64, cast to float32), so a lookup gives the
+    same bits as its per-pixel float64 arithmetic at a sixth of the time (1.8 -> 0.3 ms for a
+    256 px sticker, of ~20 ms to detect it)."""
+    pre = det.get_preprocess(32)
+    values = np.arange(256, dtype=np.uint8).astype("float32") * pre.scale
+    mean, std = np.asarray(pre.mean), np.asarray(pre.std)
+    return np.stack([((values - mean[c]) / std[c]).astype(np.float32) for c in range(3)])
+
+
+def _det_input(engine, img: np.ndarray) -> np.ndarray:
+    """``float32 (1, 3, H, W)`` detector input of a BGR uint8 image whose sides are multiples of
+    32 (what rapidocr's pre-processing returns for it, bit for bit: its resize is then a copy)."""
+    table = engine.persrv_det_table
+    planes = np.ascontiguousarray(img.transpose(2, 0, 1))  # channel planes: a contiguous take
+    out = np.empty((1,) + planes.shape, dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], planes[c], out=out[0, c])
+    return out
 
 
 @contextmanager
@@ -141,7 +167,7 @@ def _detect(engine, bgr: np.ndarray, config: OcrConfig) -> list[np.ndarray]:
     top = op["padding_1"]["top"]
     if top == 0:  # boxes mapped to the full image by the detector's own post-processing
         det = engine.text_det
-        preds = det.infer(det.get_preprocess(max(img.shape[:2]))(img))[0]
+        preds = det.infer(_det_input(engine, img))[0]
         boxes, _ = det.postprocess_op(preds, (h, w))
         boxes = det.filter_tag_det_res(boxes, (h, w))
         return [np.asarray(b, dtype=np.float32) for b in engine.sorted_boxes(boxes)] \

@@ -169,8 +169,11 @@ def run_features_bench(n: int = 400, *, workers: int = 2, parallel: str = "auto"
         "peak_rss_mb": peak_self, "peak_rss_worker_mb": peak_children,
         "cer": cer, "no_text_images": int(no_text.sum()), "no_text_read_as_text": false_text,
         "embed_dim": None if emb is None else int(emb.shape[1]),
+        "first_task_s": report.get("first_task_s"),
+        "steady_images_per_s": report.get("steady_images_per_s"),
         "paper_images": PAPER_STICKERS,
-        "paper_hours": PAPER_STICKERS / (n / wall) / 3600 if wall > 0 else float("nan"),
+        # a long run: start-up once, then the steady rate (every worker busy)
+        "paper_hours": _paper_hours(report, wall, n),
         "target_images_per_s": TARGET_IMAGES_PER_S, "python": sys.version.split()[0],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -183,15 +186,31 @@ def run_features_bench(n: int = 400, *, workers: int = 2, parallel: str = "auto"
     return result
 
 
+def _paper_hours(report: dict[str, Any], wall: float, n: int) -> float:
+    """Hours for the paper's 543,098 images: the measured start-up (call to first task) plus the
+    images at the steady rate; the end-to-end rate where no steady rate was measured."""
+    steady, first = report.get("steady_images_per_s"), report.get("first_task_s") or 0.0
+    if steady:
+        return (first + PAPER_STICKERS / steady) / 3600
+    return PAPER_STICKERS / (n / wall) / 3600 if wall > 0 else float("nan")
+
+
 def format_result(r: dict[str, Any]) -> list[str]:
     """The printed report of :func:`run_features_bench`."""
-    met = "met" if r["images_per_s"] >= r["target_images_per_s"] else "missed"
+    steady = r.get("steady_images_per_s")
+    rate = steady or r["images_per_s"]
+    met = "met" if rate >= r["target_images_per_s"] else "missed"
     lines = [
         f"CPU: {r['cpu_model']} x {r['cpus_available'] or r['cpus']}; load average "
         f"{r['load_start'][0]:.2f} at start, {r['load_end'][0]:.2f} at end",
         f"OCR {r['ocr']} + encoder {r['encoder']}, {r['workers']} workers ({r['parallel']}): "
-        f"{r['images']} images in {r['wall_s']:.1f} s = {r['images_per_s']:.1f} images/s "
-        f"(target >= {r['target_images_per_s']:.0f}: {met})",
+        f"{r['images']} images in {r['wall_s']:.1f} s = {r['images_per_s']:.1f} images/s end "
+        "to end",
+        (f"steady: {steady:.1f} images/s while every worker is busy (each worker's images over "
+         f"its first task's start to its last task's end, summed), after {r['first_task_s']:.2f}"
+         " s of pool and model start-up; the rest of the end-to-end time is the last tasks' "
+         f"tail (target >= {r['target_images_per_s']:.0f}: {met})" if steady else
+         f"(target >= {r['target_images_per_s']:.0f} images/s: {met})"),
         f"CPU: {r['cpu_s']:.1f} s = {r['cpu_ms_per_image']:.1f} ms per image, all processes; "
         f"{r['cpu_bound_images_per_s']:.1f} images/s if {r['cpus_available']} cores were idle",
     ]
@@ -210,6 +229,6 @@ def format_result(r: dict[str, Any]) -> list[str]:
         f"; {r['no_text_read_as_text']} of {r['no_text_images']} images without text read text")
     lines.append(f"peak memory: {r['peak_rss_mb']:.0f} MB (this process), "
                  f"{r['peak_rss_worker_mb']:.0f} MB (largest worker process)")
-    lines.append(f"paper scale: {r['paper_images']:,} images -> {r['paper_hours']:.1f} h at "
-                 f"{r['images_per_s']:.1f} images/s on this machine")
+    lines.append(f"paper scale: {r['paper_images']:,} images -> {r['paper_hours']:.2f} h on this "
+                 f"machine (start-up once, then {rate:.1f} images/s)")
     return lines

@@ -184,7 +184,8 @@ def scaling_block(workdir: Path) -> str:
     from bench.perf.scaling import run_scaling
     t0 = time.perf_counter()
     points = run_scaling(DEFAULT_SCALING, PerfConfig(workload="zipf"),
-                         echo=lambda s: print(s, file=sys.stderr), timeout=3 * 3600)
+                         echo=lambda s: print(s, file=sys.stderr), timeout=3 * 3600,
+                         before_point=wait_for_quiet)
     failed = [p for p in points if "error" in p]
     if failed:
         raise SystemExit(f"scaling point {failed[0]['size']:,} failed: {failed[0]['error']}")

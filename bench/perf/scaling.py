@@ -80,10 +80,12 @@ def fit_exponents(points: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def run_scaling(sizes: tuple[int, ...], cfg: PerfConfig, echo: Callable[[str], None] = print,
-                timeout: float = 3600) -> list[dict[str, Any]]:
+                timeout: float = 3600, before_point: Callable[[], Any] | None = None
+                ) -> list[dict[str, Any]]:
     """One fresh process per size (so each peak RSS is that size's own), with requests at the
     paper's density (:func:`bench.perf.config.paper_density_requests`: 125,680 at 5.4M); a
-    dataset not cached yet is built first in another process."""
+    dataset not cached yet is built first in another process. ``before_point``: called once the
+    point's dataset is ready, just before it is measured (e.g. wait for a quiet machine)."""
     points = []
     for size in sizes:
         built = ensure_dataset(cfg.workload, size, cfg.seed, echo)
@@ -91,6 +93,8 @@ def run_scaling(sizes: tuple[int, ...], cfg: PerfConfig, echo: Callable[[str], N
                "--requests", str(paper_density_requests(size)), "--k", str(cfg.k), "--pool", str(cfg.pool),
                "--seed", str(cfg.seed), "--batch-size", str(cfg.batch_size),
                "--workload", cfg.workload]
+        if before_point is not None:
+            before_point()
         load_before = os.getloadavg()[0]
         echo(f"scaling: {size:,} stickers, {paper_density_requests(size):,} requests (load "
              f"{load_before:.2f}) ...")

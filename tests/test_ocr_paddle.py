@@ -256,3 +256,17 @@ def test_detector_input_table_gives_rapidocrs_preprocessing_bit_for_bit():
         mine = _det_input(engine, img)
         assert mine.dtype == ref.dtype == np.float32 and mine.shape == ref.shape
         assert np.array_equal(mine.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("opaque", [True, False])
+def test_bgr_input_is_the_flattened_image_with_channels_reversed(opaque):
+    from bench.features.images import WHITE, flatten
+    from bench.features.ocr_paddle import _bgr
+    rgba = np.random.default_rng(2).integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    if opaque:
+        rgba[..., 3] = 255
+    image = Image.fromarray(rgba, "RGBA")
+    rgb = rgba[..., :3] if opaque else np.asarray(flatten(image, WHITE).convert("RGB"))
+    out = _bgr(image, WHITE)
+    assert out.flags["C_CONTIGUOUS"] and out.dtype == np.uint8
+    assert np.array_equal(out, rgb[:, :, ::-1])

@@ -70,6 +70,7 @@ def _checked(raw):
     from bench.registry import get_retriever_class, param_specs
     space = parse_space(raw, source="space.yaml")
     space.check_names("persrv", param_specs(get_retriever_class("persrv")))
+    space.check_values(get_retriever_class("persrv"), {})
     return space
 
 
@@ -105,6 +106,14 @@ def _with(params):
     ({"retriever": "persrv", "params": {}}, ["params"]),
     ({"metric": "mmrr", "params": {"n_clusters": 3}}, ["metric", "mmrr"]),
     ({"direction": "up", "params": {"n_clusters": 3}}, ["direction"]),
+    # values the retriever's declaration refuses, found before any trial
+    (_with({"n_clusters": {"int": [0, 5]}}), ["params.n_clusters", "n_clusters=0",
+                                              "greater than or equal to 1"]),
+    (_with({"rerank_mode": {"choices": ["multiply", "max"]}}), ["params.rerank_mode",
+                                                                "rerank_mode='max'"]),
+    (_with({"cluster_algorithm": {"choices": ["kmeans"], "conditional": {
+        "kmeans": {"n_clusters": {"int": [0, 4]}}}}}),
+     ["params.cluster_algorithm.conditional.kmeans.n_clusters", "n_clusters=0"]),
 ])
 def test_space_errors_name_the_key(raw, expected):
     with pytest.raises(ConfigError) as info:
@@ -122,6 +131,7 @@ def test_space_files_in_the_repository_are_valid():
         space = load_space(path)
         name = space.retriever or "persrv"  # each space against the retriever it tunes
         space.check_names(name, param_specs(get_retriever_class(name)))
+        space.check_values(get_retriever_class(name), {})
         assert space.objective_name == "m_mrr_at_20"
 
 

@@ -151,6 +151,7 @@ def _resolve_inputs(space, cfg: ExperimentConfig, n_trials, sampler, seed, study
     spec = resolve_target(space, cfg)
     space.check_names(spec.name, param_specs(get_retriever_class(spec.name)))
     make_retriever(spec.name, dict(spec.params))  # the base parameters, before any work
+    space.check_values(get_retriever_class(spec.name), dict(spec.params))
     n_trials = n_trials or space.n_trials
     if not n_trials or n_trials < 1:
         raise ConfigError("the number of trials is missing: pass --n-trials N (or set n_trials "

@@ -245,6 +245,36 @@ class SearchSpace:
         return expand(self.params)
 
     # ----------------------------------------------------------------------- validation
+    def check_values(self, retriever_cls: type, base: dict[str, Any]) -> None:
+        """Every value the space can give a retriever parameter — each choice, a range's ends,
+        its grid points — must pass the retriever's declaration (type, range, choices), with
+        the experiment's ``base`` parameters and the choices a conditional parameter lives
+        under; otherwise a one-line ConfigError naming the space entry, before any trial."""
+        from bench.params import supports_with_params, validate_params
+        if not supports_with_params(retriever_cls):
+            return
+        for spec in self.walk():
+            if spec.name.startswith(FEATURE_PREFIX):
+                continue
+            if spec.kind == "choices":
+                values = list(spec.choices)
+            elif spec.kind in ("int", "float"):
+                values = [spec.low, spec.high, *(spec.grid or ())]
+            else:
+                values = [spec.value]
+            context = {name: value for name, value in
+                       ((self._spec_named(n).name, self._spec_named(n).decode(lab))
+                        for n, lab in spec.branch) if not name.startswith(FEATURE_PREFIX)}
+            for value in values:
+                try:
+                    validate_params(retriever_cls, {**base, **context, spec.name: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"{self.source}: {spec.where}: {spec.name}={value!r} is "
+                                      f"not a valid value ({exc})") from None
+
+    def _spec_named(self, optuna_name: str) -> ParamSpec:
+        return self.by_optuna_name()[optuna_name]
+
     def check_names(self, retriever: str, allowed: Iterable[str]) -> None:
         """Every parameter must be one of ``allowed`` (the retriever's constructor parameters)
         or a ``features.encoder`` / ``features.encoder_params.*`` key."""

@@ -166,6 +166,24 @@ def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
     assert 1 <= len(made) <= 2  # at most one per concurrent thread
 
 
+def test_a_worker_process_loads_its_engine_before_its_first_task(tmp_path, monkeypatch):
+    """``features`` worker processes warm up in their initializer: the first task then finds an
+    engine and loads none (its span is work, not start-up)."""
+    from bench.features import image_pipeline
+    made = []
+    real = ocr_paddle._new_engine
+    import queue
+    monkeypatch.setattr(ocr_paddle, "_new_engine", lambda: made.append(1) or real())
+    monkeypatch.setattr(ocr_paddle, "_POOL", queue.SimpleQueue())
+    image_pipeline._worker_init(OcrConfig(engine="paddle"))
+    assert len(made) == 1
+    path = render(tmp_path / "a.png", "hello", DEJAVU)
+    out = image_pipeline.process_images([str(path)], OcrConfig(engine="paddle"), None)
+    assert len(made) == 1 and out["readings"][0][0] == "hello"
+    image_pipeline._worker_init(None)  # embeddings only: nothing to load
+    assert len(made) == 1
+
+
 def test_engines_are_classes_in_a_registry_named_by_the_config():
     import typing
 

@@ -124,8 +124,13 @@ def _task(args: tuple) -> dict[str, Any]:
     return process_images(*args)
 
 
-def _worker_init() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker, whatever it imports
+def _worker_init(ocr: OcrConfig | None = None) -> None:
+    """A worker process's start-up: one core per worker, whatever it imports; the OCR engine
+    loaded before the first task (so each task's span is work, and ``first_task_s`` is the
+    pool's and the models' start-up)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if ocr is not None and make_engine(ocr).reads_decoded:
+        make_engine(ocr).warm_up(ocr)
 
 
 def parallel_mode(parallel: str, workers: int, n_images: int, encoder: Any) -> str:
@@ -141,9 +146,10 @@ def parallel_mode(parallel: str, workers: int, n_images: int, encoder: Any) -> s
     return parallel
 
 
-def _executor(mode: str, workers: int) -> Executor | None:
+def _executor(mode: str, workers: int, ocr: OcrConfig | None = None) -> Executor | None:
     if mode == "processes":
         return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   initargs=(ocr,),
                                    mp_context=multiprocessing.get_context("forkserver"))
     if mode == "threads":
         return ThreadPoolExecutor(max_workers=workers)
@@ -220,7 +226,7 @@ def fill_image_features(stickers: pd.DataFrame, root: str | os.PathLike | None,
             cache.write_part(key, pd.concat(buffers[what], ignore_index=True), meta=meta)
             buffers[what] = []
 
-    executor = _executor(mode, workers) if n_todo else None
+    executor = _executor(mode, workers, ocr) if n_todo else None
     try:
         with Progress(n_todo, "OCR + embed" if len(keys) == 2 else
                       ("OCR" if "ocr" in keys else "embed"), "stickers", rate_unit="img",

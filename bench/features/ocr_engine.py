@@ -40,6 +40,10 @@ class OcrEngine:
         ``detect_cpu`` and ``recognise_cpu``)."""
         raise NotImplementedError(f"OCR engine {self.name!r} reads files only")
 
+    def warm_up(self, config: Any) -> None:
+        """Load what the first :meth:`read_decoded` call would load (models, libraries), so a
+        worker process pays its start-up before its first task; by default nothing."""
+
 
 def add_stage_time(timings: dict[str, float], stage: str, wall0: float, cpu0: float
                    ) -> tuple[float, float]:

@@ -80,3 +80,26 @@ def test_format_result_marks_the_target():
     text = "\n".join(format_result(r))
     assert "steady: 41.5 images/s" in text and "after 0.61 s" in text
     assert "target >= 40: met" in text and "then 41.5 images/s" in text
+
+
+def test_repeats_report_the_median_run_and_every_runs_rate(tmp_path):
+    """``--repeat 3``: three measured runs on the same rendered stickers; the report (and
+    features.json) is the run with the median steady rate, and lists all three."""
+    from click.testing import CliRunner
+
+    from bench.cli.main import cli
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["perf", "--stage", "features", "--images", "12",
+                                   "--workers", "1", "--repeat", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "features.json").read_text())
+    rates = [x["steady_images_per_s"] for x in r["repeats"]]
+    assert len(rates) == 3 and r["steady_images_per_s"] == sorted(rates)[1]
+    assert [line for line in res.output.splitlines() if line.startswith("run ")] == [
+        f"run {i}/3: steady {x['steady_images_per_s']:.1f} images/s, "
+        f"{x['cpu_ms_per_image']:.1f} ms CPU per image, load {x['load_start']:.2f}"
+        for i, x in enumerate(r["repeats"], 1)]
+    assert "repeats: 3 runs, steady images/s " + ", ".join(f"{x:.1f}" for x in rates) \
+        in res.output
+    assert res.output.count("features bench: 12 stickers") == 0  # one report, the median's
+    assert res.output.count("CER: English") == 1

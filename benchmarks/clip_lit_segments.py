@@ -3,6 +3,7 @@
     python benchmarks/clip_lit_segments.py RUN_FOLDER [RUN_FOLDER ...] [--metric m_mrr_at_20]
         [--versus popularity random] [--candidate dense-clip-lit]
     python benchmarks/clip_lit_segments.py --train [--seeds 0 1 2] [--workdir DIR]
+    python benchmarks/clip_lit_segments.py --bounds [--workdir DIR]
 
 Each RUN_FOLDER is a ``persrv-bench run`` output (``retrievers/<label>/per_request.parquet`` and
 ``segments.parquet``). Printed per folder and segment (all, unseen_query, cold_sticker): each
@@ -17,6 +18,13 @@ once per training seed).
 seed stay those of ``experiments/emoji_styles_clip.yaml``), then runs that experiment once with
 one ``dense-clip-lit-s<seed>`` per checkpoint plus the RRF fusion of the first one with
 ``popularity``, and prints the segment table with paired CIs against ``popularity``.
+
+``--bounds`` (:func:`content_bounds`, the README's ``clip-bounds`` block): what text standing in
+for an image tower scores on the same bed (validation requests), through the same frozen MiniLM: the stickers' own
+click queries (what a LiT tower imitates for a clicked sticker), the click queries of all four
+art styles of the sticker's emoji pooled (what a tower that recognises the emoji whatever the
+style could learn from clicks), and the emoji's label + CLDR tags (what an image model that
+knows the concepts would say: the content text no click teaches).
 """
 
 from __future__ import annotations
@@ -144,6 +152,58 @@ def train_and_compare(workdir: Path, seeds: list[int]) -> tuple[str, dict]:
     return segment_table(outcome.folder), trained
 
 
+def _register_emoji_pool() -> None:
+    """``dense-text-emoji-clicks``: dense-text whose document for a sticker is the fitting click
+    queries of every sticker of the same emoji (emoji-styles ids are ``<hexcode>:<style>``)."""
+    import dataclasses
+
+    from baselines.bm25 import historical_queries
+    from baselines.dense_text import DenseTextRetriever
+    from bench.errors import ConfigError
+    from bench.registry import get_retriever_class, register
+    try:
+        get_retriever_class("dense-text-emoji-clicks")
+        return
+    except ConfigError:  # not registered yet
+        pass
+
+    @register("dense-text-emoji-clicks")
+    class EmojiClicks(DenseTextRetriever):
+        name = "dense-text-emoji-clicks"
+
+        def fit(self, train):
+            ids = train.sticker_ids
+            by_emoji: dict[str, list[str]] = {}
+            for sid, text in zip(ids, historical_queries(train.clicks, ids, sep=" | ")):
+                if text:
+                    by_emoji.setdefault(sid.split(":")[0], []).append(text)
+            stickers = train.stickers.assign(
+                emoji_clicks=[" | ".join(by_emoji.get(s.split(":")[0], [])) for s in ids])
+            return super().fit(dataclasses.replace(train, stickers=stickers))
+
+
+def content_bounds(workdir: Path) -> str:
+    """Run the bed of ``experiments/emoji_styles_clip.yaml`` (same dataset, split, seed) on its
+    *validation* requests (a diagnosis of the bed; the test split stays the towers') with
+    popularity, random and three dense-text documents (module docstring); the segment table
+    with paired CIs of each dense-text against popularity."""
+    from bench.config import RetrieverSpec, load_config
+    from bench.experiment import run_experiment
+    _register_emoji_pool()
+    exp = load_config(RUN_CONFIG, ["report=false", "tracking.enabled=false",
+                                   "eval_split=validation"])
+    keep = [r for r in exp.retrievers if r.name in ("random", "popularity")]
+    exp.retrievers = keep + [
+        RetrieverSpec(name="dense-text", label="dense-text-own-clicks",
+                      params={"fields": ["queries"]}),
+        RetrieverSpec(name="dense-text-emoji-clicks", label="dense-text-emoji-clicks",
+                      params={"fields": ["emoji_clicks"]}),
+        RetrieverSpec(name="dense-text", label="dense-text-content",
+                      params={"fields": ["description"]})]
+    outcome = run_experiment(exp, output_dir=workdir / "runs", echo=lambda *_: None)
+    return segment_table(outcome.folder, candidates_prefix=("dense-text",))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="*", type=Path)
@@ -151,6 +211,8 @@ def main() -> None:
     ap.add_argument("--candidate", default="dense-clip-lit")
     ap.add_argument("--versus", nargs="+", default=["popularity", "random"])
     ap.add_argument("--train", action="store_true", help="train the seeds, run, print the table")
+    ap.add_argument("--bounds", action="store_true",
+                    help="text stand-ins for the image tower on the same bed (module docstring)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--workdir", type=Path, default=Path("outputs/clip-lit-segments"))
     args = ap.parse_args()
@@ -162,6 +224,9 @@ def main() -> None:
             print(f"seed {seed}: {t['seconds']:.0f} s training ({t['cpu_seconds']:.0f} CPU s, "
                   f"{t['epochs']} epochs, load {t['load_before']:.2f} -> {t['load_after']:.2f})")
         print(f"{time.perf_counter() - t0:.0f} s in all")
+        return
+    if args.bounds:
+        print(content_bounds(args.workdir))
         return
     if not args.folders:
         ap.error("give RUN_FOLDERs or --train")

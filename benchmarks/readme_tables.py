@@ -41,11 +41,13 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
     # train-clip (LiT) on emoji-styles, 3 training seeds, then one run with the three towers
     # (benchmarks/clip_lit_segments.py --train; ~15 min on 2 cores): only when named
     "clip-lit": ("experiments/emoji_styles_clip.yaml", [], [0, 1, 2]),
+    # text stand-ins for the LiT image tower on the same bed (clip_bounds_block): only when named
+    "clip-bounds": ("experiments/emoji_styles_clip.yaml", [], None),
     # perf --stage features --images 400 (features_bench_block): timings, only when named
     "features-bench": ("", [], None),
 }
 #: blocks regenerated only when named (long, and timings that vary between machines)
-ON_REQUEST = ("scaling", "clip-lit", "features-bench")
+ON_REQUEST = ("scaling", "clip-lit", "clip-bounds", "features-bench")
 #: where the scaling block's figure is written (the README shows it)
 SCALING_PNG = ROOT / "docs" / "scaling.png"
 CALIBRATE_USERS = 300
@@ -213,6 +215,17 @@ def clip_lit_block(workdir: Path) -> str:
             f"all, on {machine_line()}).\n")
 
 
+def clip_bounds_block(workdir: Path) -> str:
+    """The LiT bed with text stand-ins for the image tower (clip_lit_segments.content_bounds)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from clip_lit_segments import content_bounds
+    t0 = time.perf_counter()
+    table = content_bounds(workdir)
+    return (f"{table}\n\n`python benchmarks/clip_lit_segments.py --bounds` (M-MRR@20 by "
+            f"segment; Δ: paired over the segment's users, bootstrap 95% CI, sign-flip "
+            f"permutation p; {time.perf_counter() - t0:.0f} s on {machine_line()}).\n")
+
+
 #: runs of the features bench behind the README block (the median one is shown)
 FEATURES_REPEATS = 5
 
@@ -243,6 +256,8 @@ def run_job(name: str, workdir: Path) -> str:
         return scaling_block(workdir)
     if name == "clip-lit":
         return clip_lit_block(workdir)
+    if name == "clip-bounds":
+        return clip_bounds_block(workdir)
     if name == "features-bench":
         return features_bench_block(workdir)
     from bench.config import load_config

@@ -55,6 +55,17 @@ def test_deep_yaml_is_one_line_naming_the_config(tmp_path, capsys, log_dir):
     assert "RecursionError" not in err
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["features", "experiments/quickstart.yaml", "--shard", "3/2"], ["--shard", "3/2"]),
+    (["perf", "--stage", "features", "--images", "3"], ["--images", "x>=10"]),
+    (["nosuch-command"], ["nosuch-command"])])
+def test_a_bad_option_value_is_one_line_with_the_help_to_read(capsys, log_dir, argv, words):
+    code, _, err = run_main(capsys, *argv)
+    line = _one_line(err)
+    assert code == 2 and line.startswith("error: ") and "Usage:" not in err
+    assert all(w in line for w in words) and "--help'" in line
+
+
 def test_inf_in_an_id_column_is_one_line(tiny_dataset, capsys, log_dir):
     import pandas as pd
     path = tiny_dataset / "interactions.parquet"

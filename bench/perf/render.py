@@ -252,7 +252,7 @@ def _targets(result: dict[str, Any]) -> list[str]:
 def scaling_table(points: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per corpus size (every stage of bm25 and persrv, seconds; memory,
     MB) and a last row with each column's fitted log-log exponent."""
-    from bench.perf.scaling import SCALING_COLUMNS, fit_exponents
+    from bench.perf.scaling import SCALING_COLUMNS, TOTAL_HEAD, fit_exponents
     pts = sorted((p for p in points if "error" not in p), key=lambda p: p["size"])
     if not pts:
         return []
@@ -316,7 +316,7 @@ def plot_scaling(points: list[dict[str, Any]], path: Path) -> Path | None:
             continue
         slope = f" (slope {slopes[head]:.2f})" if slopes.get(head) is not None else ""
         ax1.plot(x, [max(y or 0.0, 1e-3) for y in ys], marker="o", label=head + slope,
-                 linewidth=2.2 if head.endswith(" s") else 1.0)
+                 linewidth=2.2 if head == TOTAL_HEAD else 1.0)  # the total, thick
     for p in pts:
         ax1.annotate(f"{p['requests']:,} req", (p["size"], p["total_s"]), fontsize=7,
                      textcoords="offset points", xytext=(-18, 7))

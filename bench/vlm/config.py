@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import ProtocolSpec, SplitSpec
 from bench.errors import ConfigError, validate_mapping
-from bench.vlm.module import DEFAULT_MODEL, DEFAULT_QUESTION, DEFAULT_TARGET_MODULES
+from bench.vlm.defaults import DEFAULT_MODEL, DEFAULT_QUESTION, DEFAULT_TARGET_MODULES
 
 
 class _Strict(BaseModel):

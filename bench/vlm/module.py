@@ -28,13 +28,11 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 
+from bench.vlm.defaults import (DEFAULT_MODEL, DEFAULT_QUESTION,  # noqa: F401 - re-exported
+                                 DEFAULT_TARGET_MODULES)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
-#: LoRA on the language model's attention query/value projections only (not the vision tower).
-DEFAULT_TARGET_MODULES = r".*language_model.*\.(q_proj|v_proj)"
-DEFAULT_QUESTION = ("What would a user type into a sticker search box to find this sticker? "
-                    "Answer with a few short keywords separated by commas.")
 #: Written next to an exported adapter: which base model and prompt it belongs to.
 ADAPTER_META_FILE = "persrv_vlm.json"
 IGNORE_INDEX = -100

@@ -11,7 +11,7 @@ arguments. A re-run with the same ``output_dir`` resumes from ``checkpoints/last
 continues the same MLflow run. After fitting, rank 0 exports the best adapter (peft
 ``save_pretrained`` + processor) to ``<output_dir>/adapter``, logs it as the run's ``adapter``
 artifact and, when a model registry is available, registers an ``mlflow.pyfunc`` model
-(:class:`~bench.vlm.describe.VlmDescriberModel`) with the adapter as its artifact (a failure there
+(:class:`~bench.vlm.pyfunc.VlmDescriberModel`) with the adapter as its artifact (a failure there
 is a warning, not an error).
 
 Output layout (``output_dir``)::
@@ -106,7 +106,7 @@ def register_adapter_model(tracking_uri: str, run_id: str, adapter_dir: str | Pa
     """Log an ``mlflow.pyfunc`` model (artifact: the adapter dir) into ``run_id`` and register it
     as a version of ``name``; returns the version, or None (with a warning) if that fails."""
     import mlflow
-    from bench.vlm.describe import VlmDescriberModel
+    from bench.vlm.pyfunc import VlmDescriberModel
     previous = mlflow.get_tracking_uri()
     try:
         mlflow.set_tracking_uri(tracking_uri)

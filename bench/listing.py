@@ -23,6 +23,7 @@ tie-aware metrics in :mod:`bench.metrics` use that size).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -55,6 +56,13 @@ class FillOrder:
     ids: list[str]                 #: every corpus sticker, most clicked first, corpus order within
     counts: np.ndarray             #: click count of ``ids[i]`` (int64)
     position: dict[str, int]       #: sticker id -> row in the corpus (the tie-break)
+
+    @cached_property
+    def count_list(self) -> list[int]:
+        """``counts`` as a Python list, made once: a fill walks it from the front and stops
+        (converting the whole array per request made filling O(corpus): 394 s of metrics for
+        125,680 requests at 5.4M stickers)."""
+        return self.counts.tolist()
 
     @classmethod
     def from_view(cls, stickers: "pd.DataFrame", clicks: "pd.DataFrame") -> "FillOrder":
@@ -125,7 +133,7 @@ def finalize(ranked: Sequence[tuple[str, float]], depth: int, fill: str,
     next_group = (groups[-1] + 1) if groups else 0
     last_count = None
     tail_members: list[str] = []
-    for sid, count in zip(fill_order.ids, fill_order.counts.tolist()):
+    for sid, count in zip(fill_order.ids, fill_order.count_list):
         if sid in listed:
             continue
         if len(ids) >= want:

@@ -252,7 +252,7 @@ def _targets(result: dict[str, Any]) -> list[str]:
 def scaling_table(points: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per corpus size (every stage of bm25 and persrv, seconds; memory,
     MB) and a last row with each column's fitted log-log exponent."""
-    from bench.perf.scaling import SCALING_COLUMNS, TOTAL_HEAD, fit_exponents
+    from bench.perf.scaling import SCALING_COLUMNS, fit_exponents
     pts = sorted((p for p in points if "error" not in p), key=lambda p: p["size"])
     if not pts:
         return []
@@ -306,7 +306,7 @@ def plot_scaling(points: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     x = [p["size"] for p in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    from bench.perf.scaling import SCALING_COLUMNS, fit_exponents
+    from bench.perf.scaling import SCALING_COLUMNS, TOTAL_HEAD, fit_exponents
     slopes = fit_exponents(pts)
     for head, value in SCALING_COLUMNS:
         if head.endswith("MB"):

@@ -193,8 +193,9 @@ def run_features_repeats(n: int = 400, repeats: int = 1, *, out: str | Path,
     """:func:`run_features_bench` ``repeats`` times on the same rendered stickers (each with a
     fresh cache; ``before_run(i)`` first, e.g. to wait for a quiet machine) and return the run
     with the median steady rate (the lower middle one for an even count), with ``repeats``: each
-    run's steady rate, CPU ms per image and load at start. A shared host's speed drifts by a
-    tenth or more between runs at the same load average; one run is one draw of it."""
+    run's steady rate, CPU ms per image and load at start. A shared host's speed drifts between
+    runs at the same load average (by up to a third on the 2-core VM of the README's block);
+    one run is one draw of it."""
     runs = []
     for i in range(repeats):
         if before_run is not None:

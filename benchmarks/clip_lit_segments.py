@@ -20,11 +20,11 @@ one ``dense-clip-lit-s<seed>`` per checkpoint plus the RRF fusion of the first o
 ``popularity``, and prints the segment table with paired CIs against ``popularity``.
 
 ``--bounds`` (:func:`content_bounds`, the README's ``clip-bounds`` block): what text standing in
-for an image tower scores on the same bed (validation requests), through the same frozen MiniLM: the stickers' own
-click queries (what a LiT tower imitates for a clicked sticker), the click queries of all four
-art styles of the sticker's emoji pooled (what a tower that recognises the emoji whatever the
-style could learn from clicks), and the emoji's label + CLDR tags (what an image model that
-knows the concepts would say: the content text no click teaches).
+for an image tower scores on the same bed (validation requests), through the same frozen
+MiniLM: the stickers' own click queries (what a LiT tower imitates for a clicked sticker), the
+click queries of all four art styles of the sticker's emoji pooled (what a tower that recognises
+the emoji whatever the style could learn from clicks), and the emoji's label + CLDR tags (what
+an image model that knows the concepts would say: the content text no click teaches).
 """
 
 from __future__ import annotations
@@ -159,13 +159,9 @@ def _register_emoji_pool() -> None:
 
     from baselines.bm25 import historical_queries
     from baselines.dense_text import DenseTextRetriever
-    from bench.errors import ConfigError
-    from bench.registry import get_retriever_class, register
-    try:
-        get_retriever_class("dense-text-emoji-clicks")
+    from bench.registry import register, registry
+    if "dense-text-emoji-clicks" in registry():
         return
-    except ConfigError:  # not registered yet
-        pass
 
     @register("dense-text-emoji-clicks")
     class EmojiClicks(DenseTextRetriever):

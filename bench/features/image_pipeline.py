@@ -129,8 +129,9 @@ def _worker_init(ocr: OcrConfig | None = None) -> None:
     loaded before the first task (so each task's span is work, and ``first_task_s`` is the
     pool's and the models' start-up)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if ocr is not None and make_engine(ocr).reads_decoded:
-        make_engine(ocr).warm_up(ocr)
+    engine = make_engine(ocr) if ocr is not None else None
+    if engine is not None and engine.reads_decoded:
+        engine.warm_up(ocr)
 
 
 def parallel_mode(parallel: str, workers: int, n_images: int, encoder: Any) -> str:

@@ -151,8 +151,9 @@ ALLOWED_MODULE_STATE = {
     ("bench.secrets", "_secrets"): "the secrets seen this process, so every output path masks "
                                    "them (process-wide by design: a log line can come from "
                                    "anywhere)",
-    ("bench.features.ocr_paddle", "_POOL"): "PaddleOCR engines per thread count (bench/features "
-                                           "is another issue's; to move into the run context)",
+    ("bench.features.ocr_paddle", "_POOL"): "idle PaddleOCR engines by graph, one per thread "
+                                           "that used one (bench/features is another issue's; "
+                                           "to move into the run context)",
 }
 
 

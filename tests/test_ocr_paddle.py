@@ -153,13 +153,13 @@ def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
     made = []
     real = ocr_paddle._new_engine
 
-    def counting():
+    def counting(graph):
         made.append(1)
-        return real()
+        return real(graph)
 
     import queue
     monkeypatch.setattr(ocr_paddle, "_new_engine", counting)
-    monkeypatch.setattr(ocr_paddle, "_POOL", queue.SimpleQueue())
+    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.GRAPHS})
     path = render(tmp_path / "a.png", "hello", DEJAVU)
     for _ in range(3):
         paddle_images([path, path], OcrConfig(workers=2, det_side=160))
@@ -173,8 +173,8 @@ def test_a_worker_process_loads_its_engine_before_its_first_task(tmp_path, monke
     made = []
     real = ocr_paddle._new_engine
     import queue
-    monkeypatch.setattr(ocr_paddle, "_new_engine", lambda: made.append(1) or real())
-    monkeypatch.setattr(ocr_paddle, "_POOL", queue.SimpleQueue())
+    monkeypatch.setattr(ocr_paddle, "_new_engine", lambda graph: made.append(1) or real(graph))
+    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.GRAPHS})
     image_pipeline._worker_init(OcrConfig(engine="paddle"))
     assert len(made) == 1
     path = render(tmp_path / "a.png", "hello", DEJAVU)

@@ -27,6 +27,9 @@ class OcrConfig(BaseModel):
     det_min_side: int = Field(192, ge=32, le=2048)
     rec_min_width: int = Field(320, ge=16, le=2048)  #: paddle: narrowest recogniser input (px)
     rec_batch: int = Field(1, ge=1, le=256)  #: paddle: text crops of equal width per model call
+    #: paddle: run PP-OCRv4's graphs ``folded`` (affine blocks folded into convolutions, a
+    #: quarter less CPU, see bench/features/ocr_graph.py) or as ``rapidocr`` ships them
+    graph: Literal["folded", "rapidocr"] = "folded"
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
     psm: Literal[3, 4, 6, 7, 11, 12, 13] = 11  #: 11 = sparse text, 6 = one text block
@@ -53,12 +56,12 @@ class OcrConfig(BaseModel):
 
     def cache_params(self) -> dict[str, Any]:
         if self.engine == "paddle":
-            keep = {"engine", "det_side", "rec_min_width", "frames", "symbols"}
+            keep = {"engine", "det_side", "rec_min_width", "frames", "symbols", "graph"}
             if self.det_side is None:
                 keep.add("det_min_side")
             return self.model_dump(include=keep)
         return self.model_dump(exclude={"workers", "batch", "det_side", "det_min_side",
-                                        "rec_min_width", "rec_batch"})
+                                        "rec_min_width", "rec_batch", "graph"})
 
 
 

@@ -20,11 +20,15 @@ steps so that each can be sized for stickers:
 - **symbol-only boxes dropped** (``symbols: false``, as for tesseract): a drawn star read as
   "★" is not a caption.
 - **no recognition where detection finds no text**.
+- **folded graphs** (``graph: folded``, the default): both models run rewritten for
+  onnxruntime's blocked-layout CPU kernels, a quarter less CPU for the same readings
+  (:mod:`bench.features.ocr_graph`); ``graph: rapidocr`` runs them as shipped.
 
 The direction classifier is off (stickers are upright). Very thin images are padded to
 :data:`MAX_ASPECT` first (memory bound). Transparency: a sticker is flattened onto white; if that
 reads nothing and the sticker has transparent pixels, it is read again flattened onto black.
-Threads each borrow one engine from a pool kept between calls, one onnxruntime thread per engine;
+Threads each borrow one engine (of the configured graph) from a pool kept between calls, one
+onnxruntime thread per engine;
 :mod:`bench.features.image_pipeline` runs worker processes instead.
 """
 
@@ -44,12 +48,14 @@ import numpy as np
 
 from bench.features.config import OcrConfig
 from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
+from bench.features.ocr_graph import GRAPHS
 from bench.features.ocr_engine import OcrEngine, Reading, add_stage_time
 
 log = logging.getLogger(__name__)
 
-#: Idle engines; a thread borrows one, so no engine runs in two threads at once.
-_POOL: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+#: Idle engines by ``features.ocr.graph``; a thread borrows one, so no engine runs in two
+#: threads at once.
+_POOL: "dict[str, queue.SimpleQueue[Any]]" = {g: queue.SimpleQueue() for g in GRAPHS}
 _POOL_LOCK = threading.Lock()
 #: rapidocr's recogniser input height and its score threshold for a text box.
 REC_HEIGHT = 48
@@ -71,13 +77,18 @@ def paddle_version() -> str:
                              "tesseract, or turn OCR off (features: {ocr: false})") from None
 
 
-def _new_engine():
+def _new_engine(graph: str = "folded"):
     """A RapidOCR instance; only its detector, cropper and recogniser are used. Its detector's
     own resizing is off (limit 32 px, i.e. only rounding to multiples of 32): we resize. It
-    carries the detector's input table (:func:`det_input_table`)."""
+    carries the detector's input table (:func:`det_input_table`). ``graph`` "folded": both
+    models run rewritten (:mod:`bench.features.ocr_graph`); "rapidocr": as shipped."""
     from rapidocr_onnxruntime import RapidOCR
     engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
                       print_verbose=False, det_limit_side_len=32, det_limit_type="min")
+    if graph == "folded":
+        from bench.features.ocr_graph import folded_session
+        for holder in (engine.text_det.infer, engine.text_rec.session):
+            holder.session = folded_session(holder.session)
     engine.persrv_det_table = det_input_table(engine.text_det)
     return engine
 
@@ -106,18 +117,18 @@ def _det_input(engine, img: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _borrowed_engine() -> Iterator[Any]:
-    """An engine used by this thread alone until the block ends, then kept for the next call
-    (loading one takes ~0.4 s)."""
+def _borrowed_engine(graph: str) -> Iterator[Any]:
+    """An engine running ``graph`` used by this thread alone until the block ends, then kept
+    for the next call (loading one takes ~0.4 s; folding its graphs ~0.5 s more)."""
     try:
-        engine = _POOL.get_nowait()
+        engine = _POOL[graph].get_nowait()
     except queue.Empty:
         with _POOL_LOCK:
-            engine = _new_engine()
+            engine = _new_engine(graph)
     try:
         yield engine
     finally:
-        _POOL.put(engine)
+        _POOL[graph].put(engine)
 
 
 def _bounded_aspect(rgba):
@@ -290,7 +301,7 @@ class PaddleEngine(OcrEngine):
                      timings: dict[str, float] | None = None) -> list[tuple[str, float]]:
         timings = {} if timings is None else timings
         images = [_bounded_aspect(im) for im in images]
-        with _borrowed_engine() as engine:
+        with _borrowed_engine(config.graph) as engine:
             res = _read_pass(engine, [_bgr(im, WHITE) for im in images], config, timings)
             # white text on a transparent background: read nothing on white, try black
             again = [i for i, (text, _) in enumerate(res)
@@ -304,7 +315,7 @@ class PaddleEngine(OcrEngine):
 
     def warm_up(self, config: OcrConfig) -> None:
         """One engine loaded into this process's pool (~0.4 s, plus onnxruntime's import)."""
-        with _borrowed_engine():
+        with _borrowed_engine(config.graph):
             pass
 
     def _read_one(self, path: str | None, config: OcrConfig) -> Reading:

@@ -241,7 +241,8 @@ def features_bench_block(workdir: Path) -> str:
         f"| {line.split(':', 1)[0]} | {line.split(':', 1)[1].strip() if ':' in line else ''} |"
         for line in format_result(result)) +
         f"\n\n`persrv-bench perf --stage features --images 400 --repeat {FEATURES_REPEATS}` (on "
-        f"{machine_line()}).\n")
+        f"{machine_line().rsplit(', load average', 1)[0]}; each run started at a 1-min load "
+        f"average <= 1, under repeats).\n")
 
 
 def run_job(name: str, workdir: Path) -> str:

@@ -14,7 +14,7 @@ ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed", "cli
 class OcrConfig(BaseModel):
     """How stickers are OCR'd. ``engine``: ``paddle`` (PP-OCRv4 from the rapidocr-onnxruntime
     wheel, Chinese + English, no apt step) or ``tesseract``; the fields from ``lang`` to
-    ``dictionary`` are tesseract's (``symbols`` both engines'), ``det_side`` to ``rec_batch``
+    ``dictionary`` are tesseract's (``symbols`` both engines'), ``det_side`` to ``graph``
     paddle's. Every field of the engine in use but ``workers``, ``batch`` and ``rec_batch`` is
     part of the cache key."""
 
@@ -95,8 +95,8 @@ class FeaturesConfig(BaseModel):
     @classmethod
     def _known_encoder(cls, v: str | None) -> str | None:
         if v is not None and v != "auto" and v not in ENCODER_NAMES:
-            raise ValueError(f"unknown encoder {v!r}; choose one of auto, {', '.join(ENCODER_NAMES)} "
-                             "or null")
+            raise ValueError(f"unknown encoder {v!r}; choose one of auto, "
+                             f"{', '.join(ENCODER_NAMES)} or null")
         return v
 
     def raw(self) -> dict[str, Any]:

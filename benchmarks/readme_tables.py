@@ -45,9 +45,15 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
     "clip-bounds": ("experiments/emoji_styles_clip.yaml", [], None),
     # perf --stage features --images 400 (features_bench_block): timings, only when named
     "features-bench": ("", [], None),
+    # `persrv-bench features` CER on the quickstart's rendered stickers (ocr_engines_block)
+    "ocr-engines": ("experiments/quickstart.yaml", [], None),
 }
 #: blocks regenerated only when named (long, and timings that vary between machines)
-ON_REQUEST = ("scaling", "clip-lit", "clip-bounds", "features-bench")
+ON_REQUEST = ("scaling", "clip-lit", "clip-bounds", "features-bench", "ocr-engines")
+#: the ocr-engines block's columns: `persrv-bench features experiments/quickstart.yaml -o ...`
+OCR_COLUMNS = {"200 English synthetic stickers": ["dataset.params.n_stickers=200"],
+               "100 Chinese synthetic stickers": ["dataset.params.n_stickers=100",
+                                                  "dataset.params.language=zh"]}
 #: where the scaling block's figure is written (the README shows it)
 SCALING_PNG = ROOT / "docs" / "scaling.png"
 CALIBRATE_USERS = 300
@@ -245,6 +251,26 @@ def features_bench_block(workdir: Path) -> str:
         f"average <= 1, under repeats).\n")
 
 
+def ocr_engines_block(workdir: Path) -> str:
+    """``persrv-bench features`` on the quickstart's rendered stickers, English and Chinese,
+    each in a fresh process with an empty feature cache: its own CER line."""
+    import subprocess
+    cells, commands = [], []
+    for i, overrides in enumerate(OCR_COLUMNS.values()):
+        wait_for_quiet()
+        args = [a for o in overrides for a in ("-o", o)]
+        cache = ["-o", f"features.cache_dir={workdir / f'cache{i}'}"]
+        out = subprocess.run([sys.executable, "-m", "bench", "features",
+                              JOBS["ocr-engines"][0], *args, *cache], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        line = next(x for x in reversed(out.splitlines()) if x.strip().startswith("OCR (paddle)"))
+        cells.append(line.split(":", 1)[1].strip().split(" (")[0])
+        commands.append(f"`persrv-bench features {JOBS['ocr-engines'][0]} {' '.join(args)}`")
+    return (f"| engine | {' | '.join(OCR_COLUMNS)} |\n|---|{'---|' * len(OCR_COLUMNS)}\n"
+            f"| paddle | {' | '.join(cells)} |\n\n{' and '.join(commands)} (each with an "
+            f"empty feature cache; on {machine_line()}).\n")
+
+
 def run_job(name: str, workdir: Path) -> str:
     """Run one job with tracking off in ``workdir``; return its README block body."""
     if name == "fidelity":
@@ -261,6 +287,8 @@ def run_job(name: str, workdir: Path) -> str:
         return clip_bounds_block(workdir)
     if name == "features-bench":
         return features_bench_block(workdir)
+    if name == "ocr-engines":
+        return ocr_engines_block(workdir)
     from bench.config import load_config
     from bench.experiment import run_experiment
     config, overrides, seeds = JOBS[name]

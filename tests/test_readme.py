@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,26 @@ def test_readme_has_the_generated_blocks():
     for name in readme_tables.JOBS:  # every block the README carries holds a generated table
         block = readme_tables.read_block(text, name)
         assert block is None or any(head in block for head in (
-            "| retriever |", "| divergence |", "| level |", "| main job |", "| stickers |", "| measure |")), name
+            "| retriever |", "| divergence |", "| level |", "| main job |", "| stickers |", "| measure |",
+            "| engine |")), name
+
+
+def test_the_ocr_engines_block_is_each_commands_own_cer_line(tmp_path, monkeypatch):
+    """The block runs ``persrv-bench features`` per column and quotes its CER line (here on 6
+    and 4 stickers instead of 200 and 100)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_tables
+    monkeypatch.setattr(readme_tables, "OCR_COLUMNS", {
+        "6 English": ["dataset.params.n_stickers=6"],
+        "4 Chinese": ["dataset.params.n_stickers=4", "dataset.params.language=zh"]})
+    monkeypatch.setattr(readme_tables, "wait_for_quiet", lambda: 0.0)
+    block = readme_tables.ocr_engines_block(tmp_path)
+    rows = block.split("\n\n")[0].splitlines()
+    assert rows[0] == "| engine | 6 English | 4 Chinese |" and rows[1] == "|---|---|---|"
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert cells[0] == "paddle" and len(cells) == 3
+    assert all(re.fullmatch(r"CER \d\.\d{3}, \d+% exact, \d\.\d{3} s/image", c) for c in cells[1:])
+    assert "-o dataset.params.language=zh" in block and (tmp_path / "cache1").is_dir()
 
 
 def test_table_check_tolerates_float_noise_not_changes():

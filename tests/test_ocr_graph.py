@@ -148,3 +148,19 @@ def test_both_graphs_read_rendered_stickers_alike_and_key_the_cache_apart(tmp_pa
     assert max(abs(a - b) for (_, a), (_, b) in zip(folded, shipped)) < 0.5  # 0-100 scale
     assert OcrConfig(graph="folded").cache_params() != OcrConfig(graph="rapidocr").cache_params()
     assert "graph" not in OcrConfig(engine="tesseract").cache_params()
+
+
+def test_without_onnx_the_folded_graph_is_a_one_line_error_before_any_work(tmp_path, monkeypatch):
+    pytest.importorskip("rapidocr_onnxruntime")
+    import importlib.util
+
+    from bench.features.cache import FeatureCache
+    from bench.features.ocr import ocr_cache_key
+    from bench.features.ocr_tesseract import OcrUnavailable
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(OcrUnavailable, match="pip install onnx.*graph: rapidocr"):
+        ocr_cache_key(FeatureCache(tmp_path), "fp", OcrConfig(graph="folded"))
+    key, meta = ocr_cache_key(FeatureCache(tmp_path), "fp", OcrConfig(graph="rapidocr"))
+    assert meta["params"]["graph"] == "rapidocr"

@@ -295,7 +295,15 @@ class PaddleEngine(OcrEngine):
     reads_decoded = True
 
     def model_id(self, config: OcrConfig) -> str:
-        return f"paddle-{paddle_version()}"
+        """The wheel's version (raises :class:`OcrUnavailable` before any work when a package
+        the configured graph needs is missing)."""
+        import importlib.util
+        version = paddle_version()
+        if config.graph == "folded" and importlib.util.find_spec("onnx") is None:
+            from bench.features.ocr_tesseract import OcrUnavailable
+            raise OcrUnavailable("features.ocr.graph: folded needs the onnx package (pip install "
+                                 "onnx), or set features.ocr.graph: rapidocr")
+        return f"paddle-{version}"
 
     def read_decoded(self, images: Sequence[Any], config: OcrConfig,
                      timings: dict[str, float] | None = None) -> list[tuple[str, float]]:

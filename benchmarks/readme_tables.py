@@ -45,11 +45,17 @@ JOBS: dict[str, tuple[str, list[str], list[int] | None]] = {
     "clip-bounds": ("experiments/emoji_styles_clip.yaml", [], None),
     # perf --stage features --images 400 (features_bench_block): timings, only when named
     "features-bench": ("", [], None),
+    # the features bench with PP-OCRv4's graphs as shipped and folded, runs alternated
+    # (features_graphs_block): timings, only when named
+    "features-graphs": ("", [], None),
     # `persrv-bench features` CER on the quickstart's rendered stickers (ocr_engines_block)
     "ocr-engines": ("experiments/quickstart.yaml", [], None),
 }
 #: blocks regenerated only when named (long, and timings that vary between machines)
-ON_REQUEST = ("scaling", "clip-lit", "clip-bounds", "features-bench", "ocr-engines")
+ON_REQUEST = ("scaling", "clip-lit", "clip-bounds", "features-bench", "features-graphs",
+              "ocr-engines")
+#: runs per graph of the features-graphs block
+GRAPH_RUNS = 3
 #: the ocr-engines block's columns: `persrv-bench features experiments/quickstart.yaml -o ...`
 OCR_COLUMNS = {"200 English synthetic stickers": ["dataset.params.n_stickers=200"],
                "100 Chinese synthetic stickers": ["dataset.params.n_stickers=100",
@@ -251,6 +257,39 @@ def features_bench_block(workdir: Path) -> str:
         f"average <= 1, under repeats).\n")
 
 
+def features_graphs_block(workdir: Path, n: int = 400, runs: int = GRAPH_RUNS) -> str:
+    """The features bench (``n`` images, 2 worker processes) with ``--ocr-graph rapidocr`` and
+    ``folded``, ``runs`` each, alternated so that the host's drift falls on both; each run
+    started once the 1-min load average is <= 1."""
+    import statistics
+
+    from bench.perf.features_bench import run_features_bench
+    graphs = {"rapidocr": "as rapidocr ships them", "folded": "folded"}
+    results: dict[str, list] = {g: [] for g in graphs}
+    for _ in range(runs):
+        for graph in graphs:
+            wait_for_quiet()
+            results[graph].append(run_features_bench(
+                n, workers=2, parallel="processes", out=workdir, echo=lambda _: None,
+                ocr_graph=graph))
+    rows = []
+    for graph, label in graphs.items():
+        rs = results[graph]
+        rates = [r["steady_images_per_s"] or r["images_per_s"] for r in rs]
+        cer = {lang: {f"{r['cer'][lang]['cer_mean']:.3f}" for r in rs} for lang in ("en", "zh")}
+        cpu = ", ".join(f"{r['cpu_ms_per_image']:.1f}" for r in rs)
+        loads = ", ".join(f"{r['load_start'][0]:.2f}" for r in rs)
+        rows.append(f"| {label} | {', '.join(f'{x:.1f}' for x in rates)} | "
+                    f"{statistics.median(rates):.1f} | {cpu} | {', '.join(sorted(cer['en']))} | "
+                    f"{', '.join(sorted(cer['zh']))} | {loads} |")
+    return ("| PP-OCRv4 graphs | steady images/s per run | median | CPU ms per image | "
+            "CER English | CER Chinese | load at start |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\n`persrv-bench perf --stage features --images {n} "
+            f"--ocr-graph rapidocr|folded`, {runs} runs each, alternated (on "
+            f"{machine_line().rsplit(', load average', 1)[0]}; each run started at a 1-min load "
+            f"average <= 1).\n")
+
+
 def ocr_engines_block(workdir: Path) -> str:
     """``persrv-bench features`` on the quickstart's rendered stickers, English and Chinese,
     each in a fresh process with an empty feature cache: its own CER line."""
@@ -287,6 +326,8 @@ def run_job(name: str, workdir: Path) -> str:
         return clip_bounds_block(workdir)
     if name == "features-bench":
         return features_bench_block(workdir)
+    if name == "features-graphs":
+        return features_graphs_block(workdir)
     if name == "ocr-engines":
         return ocr_engines_block(workdir)
     from bench.config import load_config

@@ -103,3 +103,22 @@ def test_repeats_report_the_median_run_and_every_runs_rate(tmp_path):
         in res.output
     assert res.output.count("features bench: 12 stickers") == 0  # one report, the median's
     assert res.output.count("CER: English") == 1
+
+
+def test_the_ocr_graph_option_reaches_the_engine_and_the_report(tmp_path):
+    """``--ocr-graph rapidocr`` runs PP-OCRv4 as shipped: the report names it, and the cache
+    entry the run wrote (kept with ``keep_images``) is keyed by it."""
+    from click.testing import CliRunner
+
+    from bench.cli.main import cli
+    from bench.perf.features_bench import run_features_bench
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["perf", "--stage", "features", "--images", "10",
+                                   "--workers", "1", "--ocr-graph", "rapidocr", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "features.json").read_text())["ocr_graph"] == "rapidocr"
+    assert "OCR paddle (rapidocr graphs) + encoder style-stats" in res.output
+    r = run_features_bench(10, workers=1, out=out, echo=lambda _: None, keep_images=True)
+    assert r["ocr_graph"] == "folded"
+    metas = [json.loads(m.read_text()) for m in (out / "cache").rglob("*.json")]
+    assert {m.get("params", {}).get("graph") for m in metas} >= {"folded"}

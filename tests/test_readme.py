@@ -31,7 +31,23 @@ def test_readme_has_the_generated_blocks():
         block = readme_tables.read_block(text, name)
         assert block is None or any(head in block for head in (
             "| retriever |", "| divergence |", "| level |", "| main job |", "| stickers |", "| measure |",
-            "| engine |")), name
+            "| engine |", "| PP-OCRv4 graphs |")), name
+
+
+def test_the_features_graphs_block_alternates_the_graphs(tmp_path, monkeypatch):
+    """One run per graph on 10 stickers: a row per graph with its rate, CPU, CER and load."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_tables
+    monkeypatch.setattr(readme_tables, "wait_for_quiet", lambda: 0.0)
+    block = readme_tables.features_graphs_block(tmp_path, n=10, runs=1)
+    rows = block.split("\n\n")[0].splitlines()
+    assert rows[0].startswith("| PP-OCRv4 graphs | steady images/s per run | median |")
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["as rapidocr ships them", "folded"]
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 7 and cells[1] == cells[2] and float(cells[1]) > 0
+        assert re.fullmatch(r"\d\.\d{3}", cells[4]) and re.fullmatch(r"\d\.\d{3}", cells[5])
+    assert "--ocr-graph rapidocr|folded`, 1 runs each" in block
 
 
 def test_the_ocr_engines_block_is_each_commands_own_cer_line(tmp_path, monkeypatch):

@@ -42,6 +42,10 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
               show_default=True, help="--stage features: worker processes or threads.")
 @click.option("--encoder", default="style-stats", show_default=True,
               help="--stage features: the image encoder.")
+@click.option("--ocr-graph", type=click.Choice(["folded", "rapidocr"]), default="folded",
+              show_default=True,
+              help="--stage features: PP-OCRv4's graphs folded for onnxruntime's CPU kernels, or "
+                   "as rapidocr ships them (features.ocr.graph).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="--stage features: runs on the same stickers; the report is the median "
                    "run's, with every run's steady rate (a shared host drifts between runs).")
@@ -87,8 +91,8 @@ def _names(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--no-tracking", is_flag=True, help="Write local results only, no MLflow.")
-def perf(stage: str, images: int, workers: int, parallel: str, encoder: str, repeat: int,
-         workload: str, size: int, n_requests: int, k: int, pool: int, seed: int,
+def perf(stage: str, images: int, workers: int, parallel: str, encoder: str, ocr_graph: str,
+         repeat: int, workload: str, size: int, n_requests: int, k: int, pool: int, seed: int,
          retrievers: tuple[str, ...] | None, rank_bm25_sample: int, naive_sample: int,
          scaling: tuple[int, ...], no_peers: bool, no_sweep: bool, dataset_dir: str | None,
          batch_size: int, out: str | None, compare: str | None, profile: bool,
@@ -108,7 +112,8 @@ def perf(stage: str, images: int, workers: int, parallel: str, encoder: str, rep
         folder = Path(out) if out else \
             Path("persrv-runs") / f"perf-features-{time.strftime('%Y%m%d-%H%M%S')}"
         run_features_repeats(images, repeat, workers=workers, parallel=parallel,
-                             encoder=encoder, seed=seed, out=folder, echo=click.echo)
+                             encoder=encoder, seed=seed, out=folder, echo=click.echo,
+                             ocr_graph=ocr_graph)
         click.echo(f"results: {folder / 'features.json'}")
         return
     from bench.perf import PerfConfig, log_to_mlflow, run_perf

@@ -99,10 +99,11 @@ def _peak_rss_mb() -> tuple[float, float]:
 
 def run_features_bench(n: int = 400, *, workers: int = 2, parallel: str = "auto",
                        encoder: str = "style-stats", seed: int = 0, out: str | Path,
-                       echo: Callable[[str], None] = print, keep_images: bool = False
-                       ) -> dict[str, Any]:
+                       echo: Callable[[str], None] = print, keep_images: bool = False,
+                       ocr_graph: str = "folded") -> dict[str, Any]:
     """Render ``n`` stickers under ``out``, extract OCR + embeddings cold, and return (and
-    write to ``out/features.json``) the measurement; see the module docstring."""
+    write to ``out/features.json``) the measurement; see the module docstring. ``ocr_graph``:
+    PP-OCRv4's graphs ``folded`` or as ``rapidocr`` ships them (``features.ocr.graph``)."""
     from bench.features.cache import FeatureCache
     from bench.features.config import FeaturesConfig
     from bench.features.extract import attach_features
@@ -123,7 +124,7 @@ def run_features_bench(n: int = 400, *, workers: int = 2, parallel: str = "auto"
     render_s = time.perf_counter() - t0
     echo(f"features bench: {n} stickers ({MIN_SIDE}-{MAX_SIDE} px, en + zh, "
          f"{NO_TEXT_SHARE:.0%} without text) rendered in {render_s:.1f} s")
-    fcfg: dict[str, Any] = {"ocr": True, "encoder": encoder, "workers": workers,
+    fcfg: dict[str, Any] = {"ocr": {"graph": ocr_graph}, "encoder": encoder, "workers": workers,
                             "cache_dir": str(cache_dir), "descriptions": None}
     if parallel != "auto":
         fcfg["parallel"] = parallel
@@ -155,7 +156,7 @@ def run_features_bench(n: int = 400, *, workers: int = 2, parallel: str = "auto"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result: dict[str, Any] = {
         "images": n, "workers": workers, "parallel": report.get("parallel", parallel),
-        "encoder": report.get("encoder"), "ocr": report.get("ocr"),
+        "encoder": report.get("encoder"), "ocr": report.get("ocr"), "ocr_graph": ocr_graph,
         "cpu_model": cpu_model(), "cpus": os.cpu_count(),
         "cpus_available": cores,
         "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in load1],
@@ -240,7 +241,8 @@ def format_result(r: dict[str, Any]) -> list[str]:
     lines = [
         f"CPU: {r['cpu_model']} x {r['cpus_available'] or r['cpus']}; load average "
         f"{r['load_start'][0]:.2f} at start, {r['load_end'][0]:.2f} at end",
-        f"OCR {r['ocr']} + encoder {r['encoder']}, {r['workers']} workers ({r['parallel']}): "
+        f"OCR {r['ocr']}{' (' + r['ocr_graph'] + ' graphs)' if r.get('ocr_graph') else ''} + "
+        f"encoder {r['encoder']}, {r['workers']} workers ({r['parallel']}): "
         f"{r['images']} images in {r['wall_s']:.1f} s = {r['images_per_s']:.1f} images/s end "
         "to end",
         (f"steady: {steady:.1f} images/s while every worker is busy (each worker's images over "

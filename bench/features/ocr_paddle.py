@@ -48,8 +48,8 @@ import numpy as np
 
 from bench.features.config import OcrConfig
 from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
-from bench.features.ocr_graph import GRAPHS
 from bench.features.ocr_engine import OcrEngine, Reading, add_stage_time
+from bench.features.ocr_graph import GRAPHS
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def _det_input(engine, img: np.ndarray) -> np.ndarray:
 @contextmanager
 def _borrowed_engine(graph: str) -> Iterator[Any]:
     """An engine running ``graph`` used by this thread alone until the block ends, then kept
-    for the next call (loading one takes ~0.4 s; folding its graphs ~0.5 s more)."""
+    for the next call (loading one takes ~0.4 s; folding its graphs ~1.5 s more the first time
+    in a process, mostly importing ``onnx``)."""
     try:
         engine = _POOL[graph].get_nowait()
     except queue.Empty:

@@ -8,6 +8,8 @@ all six art styles) into a canonical dataset directory; :func:`run_features_benc
 detect, recognise, embed; a stage's rate is images over the seconds its workers spent in it),
 the CPU, the load average, peak memory (this process and its worker processes), the CER against
 the rendered captions (English, Chinese) and the time the 543,098 paper stickers would take.
+Peak memory is each process's lifetime peak (``ru_maxrss``): with ``--repeat`` or after other
+work in the same process, "this process" includes the rendering and the earlier runs.
 """
 
 from __future__ import annotations

@@ -164,3 +164,32 @@ def test_without_onnx_the_folded_graph_is_a_one_line_error_before_any_work(tmp_p
         ocr_cache_key(FeatureCache(tmp_path), "fp", OcrConfig(graph="folded"))
     key, meta = ocr_cache_key(FeatureCache(tmp_path), "fp", OcrConfig(graph="rapidocr"))
     assert meta["params"]["graph"] == "rapidocr"
+
+
+def test_a_graph_with_subgraphs_keeps_the_initializers_they_read(tmp_path):
+    """Nodes inside an If branch may read outer initializers that no outer node lists as an
+    input: pruning is skipped there, and the folded model still runs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("w", rng.normal(size=(2, 2, 1, 1))), ("s", np.array([2.0])), ("t", np.array([1.0])),
+        ("outer", np.array([5.0]))]] + [numpy_helper.from_array(np.array(True), "cond")]
+    out = helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 2, 3, 3])
+    branch = helper.make_graph([helper.make_node("Add", ["a", "outer"], ["r"])], "branch", [],
+                               [out])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Mul", ["c", "s"], ["m"]),
+             helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(
+        nodes, "sub", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    path = str(tmp_path / "sub.onnx")
+    onnx.save(model, path)
+    folded, counts = folded_model(path)
+    assert dict(counts)["folded_convs"] == 1
+    assert "outer" in {i.name for i in onnx.load_from_string(folded).graph.initializer}
+    x = rng.normal(size=(1, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(_session(folded).run(None, {"x": x})[0],
+                               _session(path).run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)

@@ -30,8 +30,8 @@ def test_readme_has_the_generated_blocks():
     for name in readme_tables.JOBS:  # every block the README carries holds a generated table
         block = readme_tables.read_block(text, name)
         assert block is None or any(head in block for head in (
-            "| retriever |", "| divergence |", "| level |", "| main job |", "| stickers |", "| measure |",
-            "| engine |", "| PP-OCRv4 graphs |")), name
+            "| retriever |", "| divergence |", "| level |", "| main job |", "| stickers |",
+            "| measure |", "| engine |", "| PP-OCRv4 graphs |")), name
 
 
 def test_the_features_graphs_block_alternates_the_graphs(tmp_path, monkeypatch):

@@ -81,7 +81,10 @@ class _Graph:
 
     def prune(self) -> None:
         """Drop the initializers and Constant nodes nothing reads any more (the weights
-        before folding)."""
+        before folding). A graph with subgraphs (If, Loop) is left as it is: their nodes may
+        read outer names."""
+        if any(a.g.node or a.graphs for node in self.graph.node for a in node.attribute):
+            return
         used = {name for node in self.graph.node for name in node.input} | self.outputs
         self.replace({id(n) for n in self.graph.node
                       if n.op_type == "Constant" and n.output[0] not in used}, {})

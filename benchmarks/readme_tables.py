@@ -68,8 +68,9 @@ TIMED_COMMAND = ["-m", "bench", "run", "experiments/quickstart.yaml", "tracking.
                  "report=false"]
 
 
-def machine_line() -> str:
-    """CPU model, cores this process may use, load average: printed beside every timing."""
+def machine_line(load: bool = True) -> str:
+    """CPU model, cores this process may use, load average (unless ``load`` is False: blocks
+    whose runs each print their own): printed beside every timing."""
     import os
     import platform
     model = platform.processor() or platform.machine()
@@ -80,7 +81,7 @@ def machine_line() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, load average {os.getloadavg()[0]:.2f}"
+    return f"{model}, {cores} cores" + (f", load average {os.getloadavg()[0]:.2f}" if load else "")
 
 
 def wait_for_quiet(limit_s: float = 300) -> float:
@@ -253,8 +254,8 @@ def features_bench_block(workdir: Path) -> str:
         f"| {line.split(':', 1)[0]} | {line.split(':', 1)[1].strip() if ':' in line else ''} |"
         for line in format_result(result)) +
         f"\n\n`persrv-bench perf --stage features --images 400 --repeat {FEATURES_REPEATS}` (on "
-        f"{machine_line().rsplit(', load average', 1)[0]}; each run started at a 1-min load "
-        f"average <= 1, under repeats).\n")
+        f"{machine_line(load=False)}; each run started at a 1-min load average <= 1, under "
+        "repeats).\n")
 
 
 def features_graphs_block(workdir: Path, n: int = 400, runs: int = GRAPH_RUNS) -> str:
@@ -286,8 +287,7 @@ def features_graphs_block(workdir: Path, n: int = 400, runs: int = GRAPH_RUNS) -
             "CER English | CER Chinese | load at start |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\n`persrv-bench perf --stage features --images {n} "
             f"--ocr-graph rapidocr|folded`, {runs} runs each, alternated (on "
-            f"{machine_line().rsplit(', load average', 1)[0]}; each run started at a 1-min load "
-            f"average <= 1).\n")
+            f"{machine_line(load=False)}; each run started at a 1-min load average <= 1).\n")
 
 
 def ocr_engines_block(workdir: Path) -> str:

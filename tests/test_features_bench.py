@@ -122,3 +122,12 @@ def test_the_ocr_graph_option_reaches_the_engine_and_the_report(tmp_path):
     assert r["ocr_graph"] == "folded"
     metas = [json.loads(m.read_text()) for m in (out / "cache").rglob("*.json")]
     assert {m.get("params", {}).get("graph") for m in metas} >= {"folded"}
+
+
+def test_the_ocr_graph_choices_are_the_configs():
+    """The command line lists the graphs without importing the config (fast start): the same
+    values."""
+    from bench.cli.perf_cmd import perf
+    from bench.features.config import OCR_GRAPHS
+    option = next(p for p in perf.params if p.name == "ocr_graph")
+    assert tuple(option.type.choices) == OCR_GRAPHS

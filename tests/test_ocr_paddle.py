@@ -159,7 +159,7 @@ def test_engines_are_reused_between_calls(tmp_path, monkeypatch):
 
     import queue
     monkeypatch.setattr(ocr_paddle, "_new_engine", counting)
-    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.GRAPHS})
+    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.OCR_GRAPHS})
     path = render(tmp_path / "a.png", "hello", DEJAVU)
     for _ in range(3):
         paddle_images([path, path], OcrConfig(workers=2, det_side=160))
@@ -174,7 +174,7 @@ def test_a_worker_process_loads_its_engine_before_its_first_task(tmp_path, monke
     real = ocr_paddle._new_engine
     import queue
     monkeypatch.setattr(ocr_paddle, "_new_engine", lambda graph: made.append(1) or real(graph))
-    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.GRAPHS})
+    monkeypatch.setattr(ocr_paddle, "_POOL", {g: queue.SimpleQueue() for g in ocr_paddle.OCR_GRAPHS})
     image_pipeline._worker_init(OcrConfig(engine="paddle"))
     assert len(made) == 1
     path = render(tmp_path / "a.png", "hello", DEJAVU)

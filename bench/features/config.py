@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: ``features.ocr.graph`` values: PP-OCRv4's graphs rewritten by bench/features/ocr_graph.py,
+#: or as rapidocr ships them.
+OCR_GRAPHS = ("folded", "rapidocr")
 #: Image encoders by name (the classes are in :data:`bench.features.encoders.ENCODERS`).
 ENCODER_NAMES = ("open-clip", "chinese-clip", "style-stats", "precomputed", "clip-checkpoint")
 
@@ -29,7 +32,7 @@ class OcrConfig(BaseModel):
     rec_batch: int = Field(1, ge=1, le=256)  #: paddle: text crops of equal width per model call
     #: paddle: run PP-OCRv4's graphs ``folded`` (affine blocks folded into convolutions, a
     #: quarter less CPU, see bench/features/ocr_graph.py) or as ``rapidocr`` ships them
-    graph: Literal["folded", "rapidocr"] = "folded"
+    graph: Literal[OCR_GRAPHS] = "folded"
 
     lang: str = "eng"                  #: tesseract languages, e.g. "eng" or "eng+chi_sim"
     psm: Literal[3, 4, 6, 7, 11, 12, 13] = 11  #: 11 = sparse text, 6 = one text block

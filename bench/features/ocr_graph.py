@@ -29,9 +29,6 @@ from typing import Any
 
 import numpy as np
 
-#: ``features.ocr.graph`` values: the graphs as rapidocr ships them, or rewritten here.
-GRAPHS = ("folded", "rapidocr")
-
 
 def _scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
     value = consts.get(name)

@@ -46,16 +46,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from bench.features.config import OcrConfig
+from bench.features.config import OCR_GRAPHS, OcrConfig
 from bench.features.images import BLACK, WHITE, flatten, load_rgba_checked
 from bench.features.ocr_engine import OcrEngine, Reading, add_stage_time
-from bench.features.ocr_graph import GRAPHS
 
 log = logging.getLogger(__name__)
 
 #: Idle engines by ``features.ocr.graph``; a thread borrows one, so no engine runs in two
 #: threads at once.
-_POOL: "dict[str, queue.SimpleQueue[Any]]" = {g: queue.SimpleQueue() for g in GRAPHS}
+_POOL: "dict[str, queue.SimpleQueue[Any]]" = {g: queue.SimpleQueue() for g in OCR_GRAPHS}
 _POOL_LOCK = threading.Lock()
 #: rapidocr's recogniser input height and its score threshold for a text box.
 REC_HEIGHT = 48

@@ -31,16 +31,33 @@ def _ops(model: bytes) -> Counter:
     return Counter(n.op_type for n in onnx.load_from_string(model).graph.node)
 
 
+def _floats(pairs) -> list:
+    """float32 initializers from ``(name, array)`` pairs."""
+    return [numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in pairs]
+
+
+def _save_model(path, nodes, inits, x_shape, y_shape) -> str:
+    """An opset-12 model ``x -> nodes -> y`` (float32), checked and saved at ``path``."""
+    graph = helper.make_graph(
+        nodes, Path(path).stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
 def _lcnet_block(path) -> str:
     """conv 3x3 -> affine -> hard-swish -> affine -> conv 3x3 -> affine: PPLCNetV3's pattern
     (scalars as initializers and as Constant nodes, Mul's constant on either side)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in [
+    inits = _floats([
         ("w1", rng.normal(size=(6, 4, 3, 3))), ("b1", rng.normal(size=6)),
         ("w2", rng.normal(size=(5, 6, 3, 3))), ("b2", rng.normal(size=5)),
         ("s1", np.array([0.9])), ("t1", np.array([0.3])), ("s2", np.array([1.7])),
         ("t2", np.array([-0.2])), ("three", np.array(3.0)), ("zero", np.array(0.0)),
-        ("six", np.array(6.0)), ("s3", np.array([0.5]))]]
+        ("six", np.array(6.0)), ("s3", np.array([0.5]))])
     t3 = helper.make_node("Constant", [], ["t3"],
                           value=numpy_helper.from_array(np.array([0.25], np.float32)))
     nodes = [
@@ -58,14 +75,7 @@ def _lcnet_block(path) -> str:
         helper.make_node("Mul", ["c2", "s3"], ["m3"]),
         helper.make_node("Add", ["m3", "t3"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "lcnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
+    return _save_model(path, nodes, inits, [1, 4, 8, 8], [1, 5, 8, 8])
 
 
 def test_the_rewrites_fold_affine_blocks_and_hard_swish_and_keep_the_outputs(tmp_path):
@@ -87,19 +97,12 @@ def test_an_affine_block_whose_conv_output_is_also_used_elsewhere_is_not_folded(
     """Folding ``s`` into a convolution whose output a second node also reads would change what
     that node sees: such a block becomes a depthwise conv instead."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
-        ("w", rng.normal(size=(3, 3, 1, 1))), ("s", np.array([2.0])), ("t", np.array([1.0]))]]
+    inits = _floats([("w", rng.normal(size=(3, 3, 1, 1))), ("s", [2.0]), ("t", [1.0])])
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node("Mul", ["c", "s"], ["m"]),
              helper.make_node("Add", ["m", "t"], ["a"]),
              helper.make_node("Add", ["a", "c"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
-    model.ir_version = 8
-    path = str(tmp_path / "shared.onnx")
-    onnx.save(model, path)
+    path = _save_model(tmp_path / "shared.onnx", nodes, inits, [1, 3, 4, 4], [1, 3, 4, 4])
     folded, counts = folded_model(path)
     assert dict(counts) == {"folded_convs": 0, "hard_swish": 0, "affine_convs": 1}
     x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
@@ -170,9 +173,8 @@ def test_a_graph_with_subgraphs_keeps_the_initializers_they_read(tmp_path):
     """Nodes inside an If branch may read outer initializers that no outer node lists as an
     input: pruning is skipped there, and the folded model still runs."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
-        ("w", rng.normal(size=(2, 2, 1, 1))), ("s", np.array([2.0])), ("t", np.array([1.0])),
-        ("outer", np.array([5.0]))]] + [numpy_helper.from_array(np.array(True), "cond")]
+    inits = _floats([("w", rng.normal(size=(2, 2, 1, 1))), ("s", [2.0]), ("t", [1.0]),
+                     ("outer", [5.0])]) + [numpy_helper.from_array(np.array(True), "cond")]
     out = helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 2, 3, 3])
     branch = helper.make_graph([helper.make_node("Add", ["a", "outer"], ["r"])], "branch", [],
                                [out])
@@ -180,13 +182,7 @@ def test_a_graph_with_subgraphs_keeps_the_initializers_they_read(tmp_path):
              helper.make_node("Mul", ["c", "s"], ["m"]),
              helper.make_node("Add", ["m", "t"], ["a"]),
              helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
-    graph = helper.make_graph(
-        nodes, "sub", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
-    model.ir_version = 8
-    path = str(tmp_path / "sub.onnx")
-    onnx.save(model, path)
+    path = _save_model(tmp_path / "sub.onnx", nodes, inits, [1, 2, 3, 3], [1, 2, 3, 3])
     folded, counts = folded_model(path)
     assert dict(counts)["folded_convs"] == 1
     assert "outer" in {i.name for i in onnx.load_from_string(folded).graph.initializer}
